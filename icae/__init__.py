@@ -1,0 +1,2 @@
+"""ICAE workflow toolkit."""
+__version__ = "0.1.0"

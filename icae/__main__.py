@@ -1,0 +1,3 @@
+from icae.cli import main
+
+raise SystemExit(main())

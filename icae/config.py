@@ -132,7 +132,11 @@ class DataConfig:
 
 @dataclass
 class TrainingConfig:
+    # Final checkpoint (trained parameters only) goes to output_dir; the Trainer's periodic
+    # checkpoints for resuming go to resume_dir (default: <output_dir>.resume), outside any
+    # workflow output so an interrupted job picks up where it stopped.
     output_dir: str | None = None
+    resume_dir: str | None = None
     # finetune only: which data set, and the ICAE checkpoint to start from.
     dataset: str = "squad"
     init_checkpoint: str | None = None

@@ -174,6 +174,10 @@ class EvaluationConfig:
     max_new_tokens: int = 64
     num_samples: int | None = None
     progress: bool = True
+    # Names the output folder <output_root>/<run_name>/eval/<variant>/<task>.
+    variant: str = "default"
+    # trajectories: evaluate at most this many assistant turns per trajectory.
+    max_turns_per_trajectory: int = 8
 
 
 @dataclass
@@ -435,3 +439,7 @@ def validate(cfg: ExperimentConfig) -> None:
              "the truncate and no_context baselines read plain text: set model.model_type=llm")
     _require(e.batch_size >= 1, "evaluation.batch_size", "must be >= 1")
     _require(e.max_new_tokens >= 1, "evaluation.max_new_tokens", "must be >= 1")
+    _require(e.num_samples is None or e.num_samples >= 1, "evaluation.num_samples",
+             "must be >= 1 or null")
+    _require(e.max_turns_per_trajectory >= 1, "evaluation.max_turns_per_trajectory",
+             "must be >= 1")

@@ -42,14 +42,19 @@ ARCHITECTURES = ("llama", "qwen2", "qwen3", "mistral")
 
 
 def tiny_model(arch: str = "llama", vocab_size: int = 512, hidden_size: int = 32,
-               layers: int = 2, seed: int = 0, tie: bool = False):
+               layers: int = 2, seed: int = 0, tie: bool = False,
+               initializer_range: float = 0.2):
+    """A random model. ``initializer_range`` is larger than HF's 0.02 so that a frozen
+    random decoder can still express peaked distributions (with 0.02 its logits span well
+    under one nat and no amount of memory training moves the loss)."""
     import torch
     from transformers import (AutoModelForCausalLM, LlamaConfig, MistralConfig,
                               Qwen2Config, Qwen3Config)
 
     common = dict(vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=2 * hidden_size,
                   num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
-                  max_position_embeddings=4096, tie_word_embeddings=tie)
+                  max_position_embeddings=4096, tie_word_embeddings=tie,
+                  initializer_range=initializer_range)
     cls = {"llama": LlamaConfig, "qwen2": Qwen2Config, "qwen3": Qwen3Config,
            "mistral": MistralConfig}[arch]
     extra = {"head_dim": hidden_size // 4} if arch == "qwen3" else {}

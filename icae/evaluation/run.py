@@ -1,0 +1,453 @@
+"""``python -m icae evaluate``: ICAE or the plain-LLM baseline on one task.
+
+Tasks (``evaluation.task``) and their data (``<data.prepared_dir>/...``), prompts and
+metrics are described in :mod:`icae.evaluation.tasks`. The model is built from
+``model.*`` and, when ``evaluation.checkpoint`` is set, the trained parameters stored
+there; with ``checkpoint: null`` the untrained model is evaluated (LoRA adapters are the
+identity at initialisation; ICAE's memory and marker embeddings are random, drawn after
+seeding with ``seed``).
+
+Baselines (``evaluation.baseline``, plain LLM only): ``none`` reads every context in full,
+``truncate`` keeps the first tokens of each context, as many as ICAE has memory slots for
+it (``mem_size * ceil(L / (mem_size * mean_compression_rate))``, never more than ``L``;
+contexts ICAE would keep as text because of ``model.min_compress_len`` stay whole), and
+``no_context`` removes the contexts.
+
+Examples: the first ``evaluation.num_samples`` rows of the file in file order (for
+trajectories: the first N trajectories); decoding is greedy with a KV cache, in batches
+of ``evaluation.batch_size`` prompts grouped by length (longest first, ties in file
+order), so runs are deterministic. Budgets: ``evaluation.max_new_tokens`` for qa and
+repoqa; the reference length plus one (its end token) for ae and trajectories, whose
+metrics compare whole sequences.
+
+Outputs in ``evaluation.output_dir`` (default
+``<output_root>/<run_name>/eval/<evaluation.variant>/<task>``), each written atomically:
+
+``predictions.jsonl``
+    one line per example (a trajectory turn for ``trajectories``), in file order: ``id``,
+    ``prediction``, ``reference`` (``references`` too for qa), ``metrics`` (per example),
+    ``context_tokens``, ``memory_tokens``, ``memory_slots``, ``compression_rate``,
+    ``prompt_tokens``, ``generated_tokens``, ``timings`` and task fields.
+``metrics.csv``
+    long format, one row per metric, columns :data:`CSV_COLUMNS`.
+``summary.json``
+    the same metrics as a mapping, their ``n``, units and run description.
+``config.yaml``
+    the resolved experiment config.
+
+Token counts per example: ``context_tokens`` are the tokens of all contexts in the prompt;
+``memory_tokens`` the decoder positions that stand for them (ICAE: memory slots, plus the
+text of contexts too short to compress; LLM: the context tokens it reads, all of them,
+the truncated part, or none); ``memory_slots`` ICAE's learned slots alone;
+``compression_rate = context_tokens / memory_tokens`` (null when nothing is kept).
+
+Timings come from the model (``compress_s``: encoder and memory; ``generate_s``: decoding
+including the prompt's prefill) per batch and are split evenly over its examples, so a
+per-example ``latency_s`` is the batch time divided by the batch size.
+``tokens_per_second`` = generated tokens / generation time.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from icae.evaluation import metrics as M
+from icae.evaluation.tasks import (BUILDERS, DATASETS, ContextPolicy, Example, TaskContext,
+                                   finite, load_rows, score)
+from icae.models.base import IGNORE, collate
+from icae.utils import atomic_write_json, atomic_write_jsonl, atomic_write_text
+
+log = logging.getLogger(__name__)
+
+CSV_COLUMNS = ("run", "variant", "model_type", "baseline", "base_model", "task", "dataset",
+               "mem_size", "compression_rate", "position_layout", "checkpoint", "metric",
+               "value", "n")
+
+# Metrics reported per task (before the common token and timing metrics).
+TASK_METRICS = {
+    "ae": ("bleu1", "token_accuracy", "exact_match"),
+    "qa": ("exact_match", "f1", "bleu1"),
+    "repoqa": ("similarity", "pass@0.8", "bleu1"),
+    "trajectories": ("ar_bleu1", "ar_token_accuracy", "ar_exact_match", "tf_token_accuracy",
+                     "tf_loss"),
+}
+PERCENT = {("qa", "exact_match"), ("qa", "f1")}  # as the official SQuAD v1.1 script
+
+
+def output_dir(cfg) -> Path:
+    e = cfg.evaluation
+    if e.output_dir:
+        return Path(e.output_dir)
+    return Path(cfg.output_root) / cfg.run_name / "eval" / e.variant / e.task
+
+
+def run(cfg, args=None) -> dict:
+    """CLI entry point (``python -m icae evaluate``)."""
+    summary = evaluate(cfg)
+    log.info("evaluate %s: %s -> %s", cfg.evaluation.task,
+             ", ".join(f"{k}={v:.4g}" for k, v in summary["metrics"].items()
+                       if k in TASK_METRICS[cfg.evaluation.task] and v is not None),
+             summary["output_dir"])
+    return summary
+
+
+def check_checkpoint(path: str | None, model_cfg) -> dict | None:
+    """Fail early with the path when a checkpoint is missing; warn about settings that
+    the checkpoint does not enforce but that change what its weights mean."""
+    if not path:
+        return None
+    from icae.models.checkpoint import read_meta
+
+    if not Path(path).exists():
+        raise FileNotFoundError(f"evaluation.checkpoint: {path} does not exist")
+    meta = read_meta(path)  # FileNotFoundError when the folder is not a checkpoint
+    for key in ("position_layout", "mean_compression_rate"):
+        mine = getattr(model_cfg, key)
+        if meta.get(key) is not None and meta.get(key) != mine and (
+                meta.get("model_type") == "icae"):
+            log.warning("checkpoint %s was trained with model.%s=%r; evaluating with %r",
+                        path, key, meta.get(key), mine)
+    return meta
+
+
+def _device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def evaluate(cfg, model=None) -> dict:
+    """Evaluate ``cfg.evaluation.task``; build the model from ``cfg`` unless one is given.
+    Returns the summary (also written to ``summary.json``)."""
+    from icae.utils import seed_everything
+
+    e = cfg.evaluation
+    task = e.task
+    if task not in BUILDERS:
+        raise ValueError(f"evaluation.task: unknown task {task!r}")
+    out_dir = output_dir(cfg)
+    data_path, rows = load_rows(cfg, task)
+    meta = check_checkpoint(e.checkpoint, cfg.model)
+    t_start = time.perf_counter()
+    seed_everything(cfg.seed)
+    if model is None:
+        from icae.models import build_model
+
+        if e.checkpoint is None:
+            log.warning("evaluation.checkpoint is null: evaluating the untrained %s model",
+                        cfg.model.model_type)
+        model = build_model(cfg.model, checkpoint=e.checkpoint)
+        model.to(_device())
+    model.eval()
+    model_cfg = model.cfg
+    if e.baseline != "none" and model_cfg.model_type != "llm":
+        raise ValueError("evaluation.baseline: the truncate and no_context baselines read "
+                         "plain text: set model.model_type=llm")
+    policy = ContextPolicy(model_cfg, e.baseline)
+    tctx = TaskContext(cfg, model.prompts, policy, list(model.stop_ids))
+    examples = BUILDERS[task](rows, tctx)
+    if not examples:
+        raise ValueError(f"{data_path}: no example to evaluate for task {task!r}"
+                         + (" (each trajectory needs at least two assistant messages)"
+                            if task == "trajectories" else ""))
+    log.info("evaluate %s on %d examples from %s (%s%s)", task, len(examples), data_path,
+             model_cfg.model_type, f", baseline {e.baseline}" if e.baseline != "none" else "")
+
+    gen = generate_examples(model, examples, e.batch_size, e.progress)
+    tf = (teacher_forced_scores(model, examples, e.batch_size, e.progress)
+          if task == "trajectories" else None)
+
+    tok = model.prompts.tokenizer
+    records = []
+    for i, ex in enumerate(examples):
+        ids = gen["ids"][i]
+        text = tok.decode(ids, skip_special_tokens=True)
+        scores = score(task, ex, text, ids)
+        timings = dict(gen["timings"][i])
+        if tf is not None:
+            scores.update(tf[i]["metrics"])
+            timings["teacher_forced_s"] = tf[i]["seconds"]
+        acct = policy.account(ex.context_lengths)
+        rec = {"id": ex.id, "prediction": text, "reference": ex.reference}
+        if ex.references is not None:
+            rec["references"] = ex.references
+        rec.update(ex.meta)
+        rec["metrics"] = {k: finite(v) for k, v in scores.items()}
+        rec.update(acct)
+        rec["prompt_tokens"] = gen["prompt_tokens"][i]
+        rec["generated_tokens"] = len(ids)
+        if tf is not None:
+            rec["teacher_forced_tokens"] = tf[i]["tokens"]
+        rec["timings"] = timings
+        records.append(rec)
+
+    wall = time.perf_counter() - t_start
+    metrics = summarize(task, records, gen, wall, policy)
+    summary = _summary(cfg, model_cfg, task, data_path, out_dir, metrics, meta, model)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    from icae.config import write_resolved_config
+
+    atomic_write_jsonl(out_dir / "predictions.jsonl", records)
+    write_resolved_config(cfg, out_dir)
+    atomic_write_json(out_dir / "summary.json", summary)
+    atomic_write_text(out_dir / "metrics.csv", metrics_csv(cfg, model_cfg, task, metrics))
+    return summary
+
+
+# ---------------------------------------------------------------------------------------
+# Running the model
+
+
+def _batches(order: list[int], size: int) -> list[list[int]]:
+    return [order[i:i + size] for i in range(0, len(order), size)]
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="ex", disable=not enabled, leave=False)
+
+
+def generate_examples(model, examples: list[Example], batch_size: int, progress: bool
+                      ) -> dict:
+    """Greedy, KV-cached, batched decoding. Returns per-example token ids (cut to each
+    example's own budget), prompt lengths, timings, and batch totals."""
+    n = len(examples)
+    prompt_tokens = [len(model.encode(ex.prompt).input_ids) for ex in examples]
+    ctx_tokens = [sum(ex.context_lengths) for ex in examples]
+    order = sorted(range(n), key=lambda i: (-prompt_tokens[i], -ctx_tokens[i], i))
+    ids: list[list[int] | None] = [None] * n
+    per_ex: list[dict | None] = [None] * n
+    totals = {"compress_s": 0.0, "generate_s": 0.0, "decoded_tokens": 0}
+    with _progress(n, "generate", progress) as bar:
+        for batch in _batches(order, batch_size):
+            timings: dict = {}
+            budget = max(examples[i].max_new_tokens for i in batch)
+            out = model.generate([examples[i].prompt for i in batch], max_new_tokens=budget,
+                                 timings=timings)
+            c_s = float(timings.get("compress_s", 0.0))
+            g_s = float(timings.get("generate_s", 0.0))
+            totals["compress_s"] += c_s
+            totals["generate_s"] += g_s
+            totals["decoded_tokens"] += sum(len(o) for o in out)
+            B = len(batch)
+            for i, o in zip(batch, out):
+                ids[i] = list(o[: examples[i].max_new_tokens])
+                per_ex[i] = {"compress_s": c_s / B, "generate_s": g_s / B,
+                             "latency_s": (c_s + g_s) / B, "batch_size": B}
+            bar.update(B)
+    return {"ids": ids, "prompt_tokens": prompt_tokens, "timings": per_ex, **totals}
+
+
+@torch.no_grad()
+def teacher_forced_scores(model, examples: list[Example], batch_size: int, progress: bool
+                          ) -> list[dict]:
+    """One forward pass per batch with each target in the prompt: accuracy of the argmax
+    next-token prediction and mean cross-entropy over the first ``tf_tokens`` labelled
+    tokens of each example (the answer and its end-of-turn token)."""
+    encoded = [model.encode(ex.teacher_forced) for ex in examples]
+    n = len(examples)
+    order = sorted(range(n), key=lambda i: (-len(encoded[i].input_ids), i))
+    results: list[dict | None] = [None] * n
+    with _progress(n, "teacher-forced", progress) as bar:
+        for batch in _batches(order, batch_size):
+            t0 = time.perf_counter()
+            b = {k: v.to(model.device) for k, v in
+                 collate([encoded[i] for i in batch], model.pad_id).items()}
+            labels = b.pop("labels")
+            hidden = model(**b)["hidden_states"]
+            y = labels[:, 1:]
+            rows, cols, counts = [], [], []
+            for r, i in enumerate(batch):
+                pos = (y[r] != IGNORE).nonzero().flatten()[: examples[i].tf_tokens]
+                rows.append(torch.full_like(pos, r))
+                cols.append(pos)
+                counts.append(len(pos))
+            rows_t, cols_t = torch.cat(rows), torch.cat(cols)
+            logits = model.lm_head(hidden[:, :-1][rows_t, cols_t]).float()
+            target = y[rows_t, cols_t]
+            correct = (logits.argmax(-1) == target).float().cpu()
+            losses = F.cross_entropy(logits, target, reduction="none").cpu()
+            elapsed = (time.perf_counter() - t0) / len(batch)
+            start = 0
+            for i, k in zip(batch, counts):
+                nan = float("nan")
+                results[i] = {"metrics": {
+                    "tf_token_accuracy": float(correct[start:start + k].mean()) if k else nan,
+                    "tf_loss": float(losses[start:start + k].mean()) if k else nan},
+                    "tokens": k, "seconds": elapsed}
+                start += k
+            bar.update(len(batch))
+    return results
+
+
+# ---------------------------------------------------------------------------------------
+# Aggregation
+
+
+def _mean(values) -> tuple[float | None, int]:
+    vals = [float(v) for v in values
+            if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    if not vals:
+        return None, 0
+    return math.fsum(vals) / len(vals), len(vals)
+
+
+def _ratio(num: float, den: float) -> float | None:
+    rate = M.compression_stats([num], [den])["overall_rate"]
+    return rate if math.isfinite(rate) else None
+
+
+def summarize(task: str, records: list[dict], gen: dict, wall: float,
+              policy: ContextPolicy) -> list[tuple[str, Any, int]]:
+    """Metric rows ``(metric, value, n)``; ``name[key=value]`` rows break a metric down
+    (repoqa: by needle position and language; trajectories: by turn index)."""
+    rows: list[tuple[str, Any, int]] = []
+    n = len(records)
+
+    def add_means(names, recs, suffix=""):
+        for name in names:
+            value, k = _mean(r["metrics"].get(name) for r in recs)
+            if value is not None and (task, name) in PERCENT:
+                value *= 100.0
+            rows.append((f"{name}{suffix}", value, k))
+
+    names = TASK_METRICS[task]
+    rows.append(("num_examples", n, n))
+    add_means(names, records)
+
+    if task == "repoqa":
+        for key in ("position_ratio", "language"):
+            values = sorted({r[key] for r in records if key in r}, key=str)
+            if key == "language" and len(values) < 2:
+                continue
+            for v in values:
+                add_means(names, [r for r in records if r.get(key) == v], f"[{key}={v}]")
+
+    if task == "trajectories":
+        by_traj: dict[str, list[dict]] = defaultdict(list)
+        for r in records:
+            by_traj[r["trajectory_id"]].append(r)
+        rows.append(("num_trajectories", len(by_traj), len(by_traj)))
+        for name in names:
+            means = [_mean(t["metrics"].get(name) for t in turns)[0]
+                     for turns in by_traj.values()]
+            rows.append((f"trajectory_{name}", *_mean(means)))
+        # Each trajectory's last evaluated turn holds every observation seen so far.
+        last = [max(turns, key=lambda t: t["turn"]) for turns in by_traj.values()]
+        c = sum(t["context_tokens"] for t in last)
+        m = sum(t["memory_tokens"] for t in last)
+        rows.append(("trajectory_context_tokens_total", c, len(last)))
+        rows.append(("trajectory_memory_tokens_total", m, len(last)))
+        rows.append(("trajectory_compression_rate", _ratio(c, m), len(last)))
+        for turn in sorted({r["turn"] for r in records}):
+            recs = [r for r in records if r["turn"] == turn]
+            add_means(names, recs, f"[turn={turn}]")
+            rows.append((f"compression_rate[turn={turn}]",
+                         _ratio(sum(r["context_tokens"] for r in recs),
+                                sum(r["memory_tokens"] for r in recs)), len(recs)))
+
+    ctx = sum(r["context_tokens"] for r in records)
+    mem = sum(r["memory_tokens"] for r in records)
+    rows.append(("context_tokens_total", ctx, n))
+    rows.append(("memory_tokens_total", mem, n))
+    if policy.is_icae:
+        rows.append(("memory_slots_total", sum(r["memory_slots"] for r in records), n))
+    rows.append(("compression_rate", _ratio(ctx, mem), n))
+    rows.append(("prompt_tokens_mean", _mean(r["prompt_tokens"] for r in records)[0], n))
+
+    generated = sum(r["generated_tokens"] for r in records)
+    rows.append(("generated_tokens_total", generated, n))
+    rows.append(("compress_time_s", gen["compress_s"], n))
+    rows.append(("generate_time_s", gen["generate_s"], n))
+    rows.append(("latency_s", _mean(r["timings"]["latency_s"] for r in records)[0], n))
+    rows.append(("tokens_per_second", M.throughput(gen["decoded_tokens"], gen["generate_s"]),
+                 n))
+    if task == "trajectories":
+        rows.append(("teacher_forced_time_s",
+                     math.fsum(r["timings"]["teacher_forced_s"] for r in records), n))
+    rows.append(("wall_time_s", wall, n))
+    return [(name, finite(v), k) for name, v, k in rows]
+
+
+UNITS = {
+    "bleu1": "fraction [0,1], NLTK sentence BLEU-1 with offline word tokenisation",
+    "token_accuracy": "fraction of reference tokens predicted at the same position",
+    "exact_match": "qa: percent (official SQuAD v1.1); ae: fraction of exact strings",
+    "f1": "percent (official SQuAD v1.1, max over gold answers)",
+    "similarity": "RepoQA function similarity in [0,1]",
+    "pass@0.8": "fraction with similarity >= 0.8",
+    "ar_*": "autoregressive (greedy) prediction vs the turn's target",
+    "tf_*": "teacher-forced: argmax accuracy / mean cross-entropy (nats) on target tokens",
+    "trajectory_*": "mean over trajectories of the per-trajectory mean over turns",
+    "compression_rate": "context tokens / decoder positions standing for them",
+    "*_time_s": "seconds, summed over batches",
+    "latency_s": "mean per example (batch time / batch size)",
+}
+
+
+def _summary(cfg, model_cfg, task, data_path, out_dir, metrics, meta, model) -> dict:
+    e = cfg.evaluation
+    is_icae = model_cfg.model_type == "icae"
+    return {
+        "run": cfg.run_name,
+        "variant": e.variant,
+        "task": task,
+        "dataset": DATASETS[task][0],
+        "data_file": str(data_path),
+        "model_type": model_cfg.model_type,
+        "baseline": e.baseline,
+        "base_model": model_cfg.base_model,
+        "checkpoint": e.checkpoint,
+        "checkpoint_meta": {k: v for k, v in (meta or {}).items() if k != "tensors"} or None,
+        "mem_size": model_cfg.mem_size if is_icae or e.baseline == "truncate" else None,
+        "mean_compression_rate": (model_cfg.mean_compression_rate
+                                  if is_icae or e.baseline == "truncate" else None),
+        "position_layout": model_cfg.position_layout if is_icae else None,
+        "num_examples": next(v for k, v, _ in metrics if k == "num_examples"),
+        "metrics": {k: v for k, v, _ in metrics},
+        "n": {k: c for k, _, c in metrics},
+        "units": UNITS,
+        "generation": {"decoding": "greedy", "kv_cache": True, "batch_size": e.batch_size,
+                       "max_new_tokens": (e.max_new_tokens if task in ("qa", "repoqa")
+                                          else "reference length + 1")},
+        "device": str(model.device),
+        "output_dir": str(out_dir),
+        "files": {"predictions": "predictions.jsonl", "metrics": "metrics.csv",
+                  "config": "config.yaml"},
+    }
+
+
+def metrics_csv(cfg, model_cfg, task: str, metrics) -> str:
+    """Long format; ``mem_size``, ``compression_rate`` and ``position_layout`` describe
+    ICAE's configuration and are blank for the LLM (the truncate baseline keeps
+    ``mem_size`` and ``compression_rate``: they set its budget)."""
+    e = cfg.evaluation
+    is_icae = model_cfg.model_type == "icae"
+    budget = is_icae or e.baseline == "truncate"
+    common = {
+        "run": cfg.run_name, "variant": e.variant, "model_type": model_cfg.model_type,
+        "baseline": e.baseline, "base_model": model_cfg.base_model, "task": task,
+        "dataset": DATASETS[task][0],
+        "mem_size": model_cfg.mem_size if budget else "",
+        "compression_rate": model_cfg.mean_compression_rate if budget else "",
+        "position_layout": model_cfg.position_layout if is_icae else "",
+        "checkpoint": e.checkpoint or "",
+    }
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for name, value, n in metrics:
+        writer.writerow({**common, "metric": name, "value": "" if value is None else value,
+                         "n": n})
+    return buf.getvalue()
+

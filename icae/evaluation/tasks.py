@@ -1,0 +1,340 @@
+"""Evaluation examples for each task: reading prepared data, building prompts, scoring.
+
+Each task turns the rows of its prepared ``eval.jsonl`` into :class:`Example` objects (a
+generation prompt made of prompt pieces, the reference, a token budget) and scores one
+prediction against its reference. Running the model and writing files is
+:mod:`icae.evaluation.run`'s job.
+
+Prompts (``C`` = a :class:`~icae.models.templates.Context` piece):
+
+``ae``       ICAE: ``C [AE]`` (the pre-training autoencoding prompt). The plain LLM has no
+             [AE] marker, so it gets a chat prompt ``Repeat the following text
+             exactly:\\n\\nC`` (:data:`AE_LLM_INSTRUCTION`). Reference: the context itself.
+``qa``       ``qa_messages(question, data.squad.prompt, compressed)`` over context 0.
+``repoqa``   ``repoqa_messages(description, data.repoqa.instruction, compressed)``.
+``trajectories``
+             one example per assistant turn after the first: the prompt is every message
+             before it, where user messages with ``compress: true`` become contexts.
+
+The plain LLM reads every ``C`` as text. The baselines change only the ``C`` pieces
+(:class:`ContextPolicy`): ``truncate`` keeps the *first* tokens of each context, as many as
+ICAE has memory slots for it; ``no_context`` drops them (for QA the user message is then
+the instruction and the question alone).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from icae.models import positions as P
+from icae.models.templates import (Context, Piece, context_slot, qa_messages,
+                                   repoqa_messages)
+from icae.evaluation import metrics as M
+
+AE_LLM_INSTRUCTION = "Repeat the following text exactly:\n\n"
+
+# task -> (dataset name, path under data.prepared_dir, required fields)
+DATASETS: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "ae": ("pretrain", "pretrain/eval.jsonl", ("context_ids",)),
+    "qa": ("squad", "squad/eval.jsonl", ("context", "question", "answers")),
+    "repoqa": ("repoqa", "repoqa/eval.jsonl",
+               ("context", "description", "needle_code", "language")),
+    "trajectories": ("trajectories", "trajectories/eval.jsonl", ("messages",)),
+}
+
+
+# ---------------------------------------------------------------------------------------
+# Reading data
+
+
+def dataset_path(cfg, task: str) -> Path:
+    return Path(cfg.data.prepared_dir) / DATASETS[task][1]
+
+
+def read_jsonl(path: Path, skip_bad_lines: bool = False) -> list[dict]:
+    """Rows of a JSONL file; a bad line is a ValueError naming file and line (or skipped
+    with ``data.skip_bad_lines``)."""
+    rows = []
+    with open(path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                if not isinstance(row, dict):
+                    raise ValueError("not a JSON object")
+            except ValueError as exc:
+                if skip_bad_lines:
+                    continue
+                raise ValueError(f"{path}:{lineno}: invalid JSON line ({exc}); fix it or set "
+                                 "data.skip_bad_lines=true") from None
+            rows.append(row)
+    return rows
+
+
+def load_rows(cfg, task: str) -> tuple[Path, list[dict]]:
+    """The first ``evaluation.num_samples`` rows (file order) of the task's eval file."""
+    path = dataset_path(cfg, task)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path}: evaluation data for task {task!r} is missing; run "
+            "`python -m icae prepare-data --config ...` first (data.prepared_dir="
+            f"{cfg.data.prepared_dir!r})")
+    rows = read_jsonl(path, cfg.data.skip_bad_lines)
+    if cfg.evaluation.num_samples is not None:
+        rows = rows[: cfg.evaluation.num_samples]
+    if not rows:
+        raise ValueError(f"{path}: the evaluation data set is empty")
+    required = DATASETS[task][2]
+    for i, row in enumerate(rows):
+        missing = [k for k in required if k not in row]
+        if missing:
+            raise ValueError(f"{path}: row {i + 1} (id {row.get('id')!r}) lacks field(s) "
+                             f"{', '.join(missing)}; was it prepared for task {task!r}?")
+        row.setdefault("id", str(i))
+    return path, rows
+
+
+# ---------------------------------------------------------------------------------------
+# What the model sees of each context
+
+
+class ContextPolicy:
+    """How many decoder positions stand for a context, and the baseline's edits."""
+
+    def __init__(self, model_cfg, baseline: str = "none"):
+        self.is_icae = model_cfg.model_type == "icae"
+        self.mem_size = model_cfg.mem_size
+        self.rate = model_cfg.mean_compression_rate
+        self.min_len = model_cfg.min_compress_len
+        self.baseline = baseline
+
+    def eligible(self, length: int) -> bool:
+        """ICAE compresses this context (same rule as ``ICAE.compresses``)."""
+        return length > 0 and length >= self.min_len
+
+    def compresses(self, length: int) -> bool:
+        return self.is_icae and self.eligible(length)
+
+    def memory_slots(self, length: int) -> int:
+        """Slots ICAE uses for a context (``ICAE.num_memory_slots``), 0 if kept as text."""
+        if not self.eligible(length):
+            return 0
+        return P.num_segments(length, self.mem_size, self.rate) * self.mem_size
+
+    def visible(self, length: int) -> int:
+        """Decoder positions that stand for a context of ``length`` tokens."""
+        if self.baseline == "no_context":
+            return 0
+        if self.baseline == "truncate":
+            return min(length, self.memory_slots(length)) if self.eligible(length) else length
+        if self.is_icae and self.eligible(length):
+            return self.memory_slots(length)
+        return length
+
+    def apply(self, pieces: list[Piece]) -> list[Piece]:
+        if self.baseline == "none":
+            return pieces
+        out: list[Piece] = []
+        for p in pieces:
+            if isinstance(p, Context):
+                if self.baseline == "no_context":
+                    continue
+                p = Context(tuple(p.ids[: self.visible(len(p.ids))]))  # first tokens
+            out.append(p)
+        return out
+
+    def account(self, lengths: list[int]) -> dict:
+        ctx = sum(lengths)
+        mem = sum(self.visible(n) for n in lengths)
+        slots = sum(self.memory_slots(n) for n in lengths if self.compresses(n))
+        return {"context_tokens": ctx, "memory_tokens": mem, "memory_slots": slots,
+                "compression_rate": _rate(ctx, mem)}
+
+
+def _rate(original: int, kept: int) -> float | None:
+    if kept == 0:
+        return None
+    return original / kept
+
+
+# ---------------------------------------------------------------------------------------
+# Examples
+
+
+@dataclass
+class Example:
+    id: str
+    prompt: list[Piece]
+    reference: str
+    max_new_tokens: int
+    context_lengths: list[int]
+    references: list[str] | None = None       # qa: every gold answer
+    reference_ids: list[int] | None = None    # ae / trajectories: token targets
+    teacher_forced: list[Piece] | None = None  # trajectories: prompt + target (labels)
+    tf_tokens: int = 0                         # labelled tokens scored teacher-forced
+    meta: dict = field(default_factory=dict)   # copied into the predictions row
+
+
+@dataclass
+class TaskContext:
+    cfg: Any             # ExperimentConfig
+    prompts: Any         # PromptBuilder
+    policy: ContextPolicy
+    stop_ids: list[int]
+
+
+def _finish(ctx: TaskContext, ex: Example) -> Example:
+    ex.prompt = ctx.policy.apply(ex.prompt)
+    if ex.teacher_forced is not None:
+        ex.teacher_forced = ctx.policy.apply(ex.teacher_forced)
+    return ex
+
+
+def build_ae(rows: list[dict], ctx: TaskContext) -> list[Example]:
+    """Reconstruct ``context_ids``; every row is used (``ae`` and ``lm`` rows alike), and
+    the budget is ``len(context) + 1`` (the text and its end token), whatever
+    ``evaluation.max_new_tokens`` says: a shorter budget would cut every reconstruction."""
+    tok = ctx.prompts.tokenizer
+    out = []
+    for row in rows:
+        ids = [int(t) for t in row["context_ids"]]
+        if ctx.policy.is_icae:
+            prompt = ctx.prompts.autoencoding_prompt(ids)
+        else:
+            msgs = [{"role": "user", "content": AE_LLM_INSTRUCTION + context_slot(0)}]
+            prompt = ctx.prompts.chat(msgs, [ids])
+        ex = Example(id=str(row["id"]), prompt=prompt,
+                     reference=tok.decode(ids, skip_special_tokens=True),
+                     reference_ids=ids, max_new_tokens=len(ids) + 1, context_lengths=[len(ids)],
+                     meta={k: row[k] for k in ("source", "task") if k in row})
+        out.append(_finish(ctx, ex))
+    return out
+
+
+def build_qa(rows: list[dict], ctx: TaskContext) -> list[Example]:
+    cfg = ctx.cfg
+    out = []
+    for row in rows:
+        ids = ctx.prompts.encode(row["context"])
+        answers = [str(a) for a in row["answers"]] or [""]
+        if ctx.policy.baseline == "no_context":
+            msgs = [{"role": "user", "content": f"{cfg.data.squad.prompt}{row['question']}"}]
+            prompt = ctx.prompts.chat(msgs)
+        else:
+            msgs = qa_messages(row["question"], cfg.data.squad.prompt,
+                               compressed=ctx.policy.compresses(len(ids)))
+            prompt = ctx.prompts.chat(msgs, [ids])
+        ex = Example(id=str(row["id"]), prompt=prompt, reference=answers[0],
+                     references=answers, max_new_tokens=cfg.evaluation.max_new_tokens,
+                     context_lengths=[len(ids)],
+                     meta={"question": row["question"],
+                           **({"title": row["title"]} if "title" in row else {})})
+        out.append(_finish(ctx, ex))
+    return out
+
+
+def build_repoqa(rows: list[dict], ctx: TaskContext) -> list[Example]:
+    cfg = ctx.cfg
+    out = []
+    for row in rows:
+        ids = ctx.prompts.encode(row["context"])
+        msgs = repoqa_messages(row["description"], cfg.data.repoqa.instruction,
+                               compressed=ctx.policy.compresses(len(ids)))
+        prompt = ctx.prompts.chat(msgs, [ids])
+        meta = {k: row[k] for k in ("language", "repo", "needle_name", "position_ratio")
+                if k in row}
+        ex = Example(id=str(row["id"]), prompt=prompt, reference=row["needle_code"],
+                     max_new_tokens=cfg.evaluation.max_new_tokens, context_lengths=[len(ids)],
+                     meta=meta)
+        out.append(_finish(ctx, ex))
+    return out
+
+
+def _cut_at_stop(ids: list[int], stops: set[int]) -> tuple[list[int], bool]:
+    for i, t in enumerate(ids):
+        if t in stops:
+            return ids[:i], True
+    return ids, False
+
+
+def build_trajectories(rows: list[dict], ctx: TaskContext) -> list[Example]:
+    """One example per assistant turn, skipping the first assistant message (part of the
+    uncompressed first exchange), at most ``evaluation.max_turns_per_trajectory`` turns.
+
+    Reference ids: the template's rendering of the answer up to its end-of-turn token (what
+    greedy decoding must produce). Teacher-forced scoring covers those tokens plus the
+    end-of-turn token; the budget for autoregressive decoding is that many tokens."""
+    max_turns = ctx.cfg.evaluation.max_turns_per_trajectory
+    stops = set(ctx.stop_ids)
+    out = []
+    for row in rows:
+        messages = row["messages"]
+        if not isinstance(messages, list):
+            raise ValueError(f"trajectory {row['id']!r}: messages must be a list")
+        assistant = [i for i, m in enumerate(messages) if m.get("role") == "assistant"]
+        for turn, idx in enumerate(assistant[1:][:max_turns], 1):
+            msgs: list[dict] = []
+            contexts: list[list[int]] = []
+            for m in messages[:idx]:
+                if m.get("role") == "user" and m.get("compress"):
+                    msgs.append({"role": "user", "content": context_slot(len(contexts))})
+                    contexts.append(ctx.prompts.encode(m["content"]))
+                else:
+                    msgs.append({"role": m["role"], "content": m["content"]})
+            target = messages[idx]["content"]
+            target_ids = ctx.prompts.encode(ctx.prompts.target_text(msgs, target))
+            ref_ids, stopped = _cut_at_stop(target_ids, stops)
+            ex = Example(
+                id=f"{row['id']}#{turn}", prompt=ctx.prompts.chat(msgs, contexts),
+                reference=target, reference_ids=ref_ids, max_new_tokens=len(ref_ids) + 1,
+                context_lengths=[len(c) for c in contexts],
+                teacher_forced=ctx.prompts.chat(msgs, contexts, answer=target),
+                tf_tokens=len(ref_ids) + int(stopped),
+                meta={"trajectory_id": str(row["id"]), "turn": turn, "message_index": idx,
+                      "num_contexts": len(contexts)})
+            out.append(_finish(ctx, ex))
+    return out
+
+
+BUILDERS: dict[str, Callable[[list[dict], TaskContext], list[Example]]] = {
+    "ae": build_ae, "qa": build_qa, "repoqa": build_repoqa,
+    "trajectories": build_trajectories,
+}
+
+
+# ---------------------------------------------------------------------------------------
+# Per-example scores
+
+
+def score(task: str, ex: Example, prediction: str, pred_ids: list[int]) -> dict[str, float]:
+    """Per-example metrics (fractions in [0, 1]; SQuAD EM is 0/1 and F1 a fraction here,
+    the corpus numbers in percent are computed by the caller)."""
+    if task == "ae":
+        return {"bleu1": M.bleu1(ex.reference, prediction),
+                "token_accuracy": M.token_accuracy(pred_ids, ex.reference_ids),
+                "exact_match": M.exact_match(prediction, ex.reference)}
+    if task == "qa":
+        return {"exact_match": M.squad_exact_match(prediction, ex.references),
+                "f1": M.squad_f1(prediction, ex.references),
+                "bleu1": M.bleu1(ex.reference, prediction)}
+    if task == "repoqa":
+        sim = M.repoqa_similarity(prediction, ex.reference, ex.meta.get("language", "python"))
+        return {"similarity": sim, "pass@0.8": float(M.repoqa_pass(sim, 0.8)),
+                "bleu1": M.bleu1(ex.reference, prediction)}
+    if task == "trajectories":
+        return {"ar_bleu1": M.bleu1(ex.reference, prediction),
+                "ar_token_accuracy": M.token_accuracy(pred_ids, ex.reference_ids),
+                "ar_exact_match": M.exact_match(prediction, ex.reference)}
+    raise ValueError(f"unknown task {task!r}")
+
+
+def finite(x: Any) -> Any:
+    """NaN / inf -> None (JSON has neither)."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x

@@ -30,6 +30,7 @@ DTYPES = ("float32", "bfloat16", "float16")
 EVAL_TASKS = ("ae", "qa", "repoqa", "trajectories")
 FINETUNE_DATASETS = ("squad", "repoqa", "trajectories")
 EVAL_BASELINES = ("none", "truncate", "no_context")
+DATA_SETS = ("pretrain", "squad", "repoqa", "trajectories")
 
 
 @dataclass
@@ -76,6 +77,15 @@ class PretrainDataConfig:
     token_num: int = 1_000_000
     eval_size: int = 64
     skip_short: bool = True
+    # Tokens of the LM target (the span right after the context); null: as long as the
+    # sampled context span.
+    lm_target_len: int | None = None
+    # Context spans are min_len tokens, +- this fraction (drawn per example).
+    len_jitter: float = 0.1
+    # Non-overlapping examples taken from one document (ICAE takes one).
+    max_examples_per_doc: int = 1
+    # Documents are shuffled through a buffer of this many (0: source order).
+    shuffle_buffer: int = 10000
 
 
 @dataclass
@@ -83,6 +93,9 @@ class SquadDataConfig:
     train_file: str | None = None
     eval_file: str | None = None
     hf_dataset: str | None = None
+    hf_config: str | None = None
+    hf_train_split: str = "train"
+    hf_eval_split: str = "validation"
     include_unanswerable: bool = False
     prompt: str = (
         "Based on the context, answer the following question in 5 words or less "
@@ -94,7 +107,12 @@ class SquadDataConfig:
 
 @dataclass
 class RepoQADataConfig:
+    # The official RepoQA release (repoqa-2024-04-20.json[.gz|.xz]) or a task JSONL in the
+    # prepared record format: its tasks form the eval set.
     release_file: str | None = None
+    # A task JSONL (prepared record format) used as training tasks.
+    train_tasks_file: str | None = None
+    # Code folders (or "pkg:<module>" for an installed package) to build tasks from.
     source_dirs: list[str] = field(default_factory=list)
     languages: list[str] = field(default_factory=lambda: ["python"])
     context_tokens: int = 2048
@@ -118,12 +136,17 @@ class TrajectoryDataConfig:
     max_target_tokens: int = 512
     max_trajectories_train: int | None = None
     max_trajectories_eval: int | None = None
+    # Later turns are dropped once a trajectory's (capped) messages exceed this many tokens.
+    max_total_tokens: int | None = None
 
 
 @dataclass
 class DataConfig:
     prepared_dir: str = "data/prepared"
+    # Which data sets prepare-data builds (each only when its inputs are configured).
+    build: list[str] = field(default_factory=lambda: list(DATA_SETS))
     skip_bad_lines: bool = False
+    progress: bool = True
     pretrain: PretrainDataConfig = field(default_factory=PretrainDataConfig)
     squad: SquadDataConfig = field(default_factory=SquadDataConfig)
     repoqa: RepoQADataConfig = field(default_factory=RepoQADataConfig)
@@ -418,12 +441,34 @@ def validate(cfg: ExperimentConfig) -> None:
     for i, src in enumerate(p.sources + p.eval_sources):
         _require((src.path is None) != (src.hf_dataset is None),
                  f"data.pretrain.sources[{i}]", "give exactly one of path or hf_dataset")
+    _require(0 <= p.len_jitter < 1, "data.pretrain.len_jitter", "must be in [0, 1)")
+    _require(p.lm_target_len is None or p.lm_target_len >= 1, "data.pretrain.lm_target_len",
+             "must be >= 1 or null")
+    _require(p.max_examples_per_doc >= 1, "data.pretrain.max_examples_per_doc", "must be >= 1")
+    _require(p.shuffle_buffer >= 0, "data.pretrain.shuffle_buffer", "must be >= 0")
+    _require(p.eval_size >= 0, "data.pretrain.eval_size", "must be >= 0")
+    for i, name in enumerate(cfg.data.build):
+        _require(name in DATA_SETS, f"data.build[{i}]",
+                 f"must be one of {', '.join(DATA_SETS)}, got {name!r}")
+    s = cfg.data.squad
+    for name in ("train_size", "eval_size"):
+        value = getattr(s, name)
+        _require(value is None or value >= 0, f"data.squad.{name}", "must be >= 0 or null")
     r = cfg.data.repoqa
+    _require(r.num_train >= 0 and r.num_eval >= 0, "data.repoqa.num_train",
+             "num_train and num_eval must be >= 0")
+    _require(len(r.position_ratios) > 0, "data.repoqa.position_ratios", "must not be empty")
     for i, ratio in enumerate(r.position_ratios):
         _require(0 <= ratio <= 1, f"data.repoqa.position_ratios[{i}]", "must be in [0, 1]")
     _require(r.context_tokens >= 64, "data.repoqa.context_tokens", "must be >= 64")
     t = cfg.data.trajectories
     _require(t.compress_threshold >= 1, "data.trajectories.compress_threshold", "must be >= 1")
+    for name in ("max_turns", "max_trajectories_train", "max_trajectories_eval",
+                 "max_total_tokens"):
+        value = getattr(t, name)
+        _require(value is None or value >= 1, f"data.trajectories.{name}", "must be >= 1 or null")
+    for name in ("max_observation_tokens", "max_target_tokens"):
+        _require(getattr(t, name) >= 16, f"data.trajectories.{name}", "must be >= 16")
 
     _validate_training(cfg.pretrain, "pretrain")
     _validate_training(cfg.finetune, "finetune")

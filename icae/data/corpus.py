@@ -1,0 +1,354 @@
+"""Pre-training data: text sources -> ICAE autoencoding / language-modelling examples.
+
+Sources (``data.pretrain.sources`` / ``eval_sources``, each a :class:`~icae.config.TextSource`):
+
+- a ``.txt`` file (one document), a ``.jsonl`` / ``.jsonl.gz`` file (one document per line,
+  text in ``text_field``; ``id`` and ``source`` fields are used when present), or a folder
+  holding such files (read recursively, in sorted order);
+- a Hugging Face dataset (``hf_dataset``, ``hf_config``, ``split``, ``streaming``), read with
+  ``datasets.load_dataset`` the way the ICAE seed reads ``DKYoon/SlimPajama-6B``.
+
+Examples follow ICAE: documents are shuffled through a buffer, each kept document gives a
+context span of about ``min_len`` tokens (drawn in ``min_len * (1 +- len_jitter)``) at a
+random offset; with probability ``lm_ratio`` the example is language modelling and the
+tokens right after the span (``lm_target_len``, default the span's length) are its target,
+otherwise it is autoencoding (the target is the context itself). A document too short for
+an LM example becomes an AE example (counted as ``lm_fallback_ae``); one shorter than the
+smallest span is skipped and counted (``skip_short``) or is an error. Building stops once
+the examples hold ``token_num`` tokens (context + target). The eval set comes from
+``eval_sources`` or, without them, from the first shuffled documents (held out by
+document, so no document feeds both sets). Everything is deterministic for a seed.
+
+Record: ``{"id", "task": "ae"|"lm", "context_ids", "continuation_ids", "source"}``.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from icae.config import PretrainDataConfig, TextSource
+from icae.data.io import DataError, SkipLog, bad_record, iter_jsonl, open_text
+from icae.data.tokens import encode
+
+log = logging.getLogger(__name__)
+
+TEXT_SUFFIXES = (".txt", ".jsonl", ".jsonl.gz")
+
+
+@dataclass
+class Document:
+    id: str
+    text: str
+    source: str
+    where: str = ""  # file:line, for error messages
+
+
+def _suffix(path: Path) -> str:
+    name = path.name.lower()
+    for suf in (".jsonl.gz", ".jsonl", ".txt"):
+        if name.endswith(suf):
+            return suf
+    return path.suffix.lower()
+
+
+def _files_of(path: Path, label: str) -> list[Path]:
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*")
+                       if p.is_file() and _suffix(p) in TEXT_SUFFIXES
+                       and not any(part.startswith(".") for part in p.relative_to(path).parts))
+        if not files:
+            raise DataError(f"{label}: folder {path} holds no {', '.join(TEXT_SUFFIXES)} files")
+        return files
+    if not path.exists():
+        raise FileNotFoundError(f"{label}: {path} does not exist")
+    if _suffix(path) not in TEXT_SUFFIXES:
+        raise DataError(f"{label}: {path}: unsupported file type (expected "
+                        f"{', '.join(TEXT_SUFFIXES)} or a folder)")
+    return [path]
+
+
+def _iter_file(path: Path, src: TextSource, skip_bad_lines: bool, skips: SkipLog
+               ) -> Iterator[Document]:
+    if _suffix(path) == ".txt":
+        with open_text(path) as fh:
+            text = fh.read()
+        yield Document(id=path.stem, text=text, source=f"file:{path.name}", where=str(path))
+        return
+    for lineno, row in iter_jsonl(path, skip_bad_lines=skip_bad_lines, skips=skips):
+        where = f"{path}:{lineno}"
+        text = row.get(src.text_field)
+        if text is None:
+            bad_record(f"missing text field {src.text_field!r} (set text_field in the "
+                       "source to the field holding the text)", where, skip_bad_lines, skips,
+                       "missing_field")
+            continue
+        if not isinstance(text, str):
+            bad_record(f"field {src.text_field!r} must be a string, got "
+                       f"{type(text).__name__}", where, skip_bad_lines, skips, "missing_field")
+            continue
+        doc_id = row.get("id")
+        doc_id = str(doc_id) if isinstance(doc_id, (str, int)) else f"{path.name}:{lineno}"
+        source = row.get("source") if isinstance(row.get("source"), str) else path.name
+        yield Document(id=doc_id, text=text, source=source, where=where)
+
+
+def _iter_hf(src: TextSource, label: str) -> Iterator[Document]:
+    try:
+        import datasets  # lazy: slow import
+
+        ds = datasets.load_dataset(src.hf_dataset, src.hf_config, split=src.split,
+                                   streaming=src.streaming)
+    except Exception as exc:  # noqa: BLE001 - re-raised with the config key
+        raise DataError(
+            f"{label}: cannot load Hugging Face dataset {src.hf_dataset!r} (config "
+            f"{src.hf_config!r}, split {src.split!r}): {type(exc).__name__}: {exc}. Check the "
+            "name and split; without access to the Hugging Face hub, download the data "
+            "elsewhere and give a local path instead") from exc
+    name = src.hf_dataset if src.hf_config is None else f"{src.hf_dataset}/{src.hf_config}"
+    for i, row in enumerate(ds):
+        text = row.get(src.text_field)
+        if not isinstance(text, str):
+            raise DataError(f"{label}: {name} row {i}: no string field {src.text_field!r} "
+                            f"(fields: {sorted(row)}); set text_field")
+        doc_id = row.get("id")
+        doc_id = str(doc_id) if isinstance(doc_id, (str, int)) else f"{name}:{src.split}:{i}"
+        yield Document(id=doc_id, text=text, source=f"hf:{name}", where=f"{name} row {i}")
+
+
+def iter_source(src: TextSource, *, label: str = "source", skip_bad_lines: bool = False,
+                skips: SkipLog | None = None) -> Iterator[Document]:
+    """The documents of one configured source, in a fixed order."""
+    skips = skips if skips is not None else SkipLog()
+    if (src.path is None) == (src.hf_dataset is None):
+        raise DataError(f"{label}: give exactly one of path or hf_dataset")
+    if src.hf_dataset is not None:
+        yield from _iter_hf(src, label)
+        return
+    for path in _files_of(Path(src.path), label):
+        yield from _iter_file(path, src, skip_bad_lines, skips)
+
+
+def iter_documents(sources: list[TextSource], *, label: str = "data.pretrain.sources",
+                   skip_bad_lines: bool = False, skips: SkipLog | None = None
+                   ) -> Iterator[Document]:
+    for i, src in enumerate(sources):
+        yield from iter_source(src, label=f"{label}[{i}]", skip_bad_lines=skip_bad_lines,
+                               skips=skips)
+
+
+def shuffle_buffered(items: Iterable, buffer_size: int, rng: random.Random) -> Iterator:
+    """Streaming shuffle (as ``datasets``' ``shuffle(buffer_size)``): deterministic for a
+    given ``rng``; ``buffer_size <= 1`` keeps the order."""
+    if buffer_size <= 1:
+        yield from items
+        return
+    buf: list = []
+    for item in items:
+        if len(buf) < buffer_size:
+            buf.append(item)
+            continue
+        j = rng.randrange(buffer_size)
+        yield buf[j]
+        buf[j] = item
+    rng.shuffle(buf)
+    yield from buf
+
+
+def _as_document(item: Any, index: int) -> Document:
+    if isinstance(item, Document):
+        return item
+    if isinstance(item, str):
+        return Document(id=f"doc{index}", text=item, source="text", where=f"document {index}")
+    if isinstance(item, dict) and isinstance(item.get("text"), str):
+        return Document(id=str(item.get("id", f"doc{index}")), text=item["text"],
+                        source=str(item.get("source", "text")),
+                        where=str(item.get("where", f"document {index}")))
+    raise TypeError(f"document {index}: expected a Document, a str or a dict with 'text', "
+                    f"got {type(item).__name__}")
+
+
+@dataclass
+class PretrainStats:
+    documents_read: int = 0
+    documents_used: int = 0
+    examples_ae: int = 0
+    examples_lm: int = 0
+    lm_fallback_ae: int = 0
+    tokens: int = 0
+    skips: SkipLog = field(default_factory=SkipLog)
+
+    def as_dict(self) -> dict:
+        return {"documents_read": self.documents_read, "documents_used": self.documents_used,
+                "documents_skipped": self.skips.as_dict(),
+                "examples": self.examples_ae + self.examples_lm, "ae": self.examples_ae,
+                "lm": self.examples_lm, "lm_fallback_ae": self.lm_fallback_ae,
+                "tokens": self.tokens}
+
+
+def _doc_examples(doc: Document, ids: list[int], pcfg: PretrainDataConfig, seed: int,
+                  stats: PretrainStats) -> list[dict]:
+    rng = random.Random(f"{seed}:{doc.id}")
+    lo = max(1, int(pcfg.min_len * (1 - pcfg.len_jitter)))
+    hi = max(lo, int(round(pcfg.min_len * (1 + pcfg.len_jitter))))
+    out: list[dict] = []
+    pos = None
+    for k in range(pcfg.max_examples_per_doc):
+        span = rng.randint(lo, hi)
+        want_lm = rng.random() < pcfg.lm_ratio
+        target = pcfg.lm_target_len or span
+        if pos is None:  # first example: a random offset (only one example) or the start
+            if len(ids) < lo:
+                return out
+            span = min(span, len(ids))
+            need = span + target if want_lm and len(ids) >= span + target else span
+            pos = rng.randint(0, len(ids) - need) if pcfg.max_examples_per_doc == 1 else 0
+        remaining = len(ids) - pos
+        if remaining < lo:
+            break
+        span = min(span, remaining)
+        if want_lm and remaining >= span + target:
+            ctx, cont = ids[pos:pos + span], ids[pos + span:pos + span + target]
+            pos += span + target
+            task = "lm"
+            stats.examples_lm += 1
+        else:
+            if want_lm:
+                stats.lm_fallback_ae += 1
+            ctx, cont = ids[pos:pos + span], []
+            pos += span
+            task = "ae"
+            stats.examples_ae += 1
+        stats.tokens += len(ctx) + len(cont)
+        out.append({"id": f"{doc.id}#{k}", "task": task, "context_ids": list(ctx),
+                    "continuation_ids": list(cont), "source": doc.source})
+    return out
+
+
+def iter_doc_examples(docs: Iterable, tokenizer, pcfg: PretrainDataConfig, seed: int,
+                      stats: PretrainStats | None = None, shuffle: bool = True
+                      ) -> Iterator[tuple[Document, list[dict]]]:
+    """``(document, its examples)`` for every document kept, in shuffled order."""
+    stats = stats if stats is not None else PretrainStats()
+    lo = max(1, int(pcfg.min_len * (1 - pcfg.len_jitter)))
+    stream = (_as_document(d, i) for i, d in enumerate(docs))
+    if shuffle:
+        stream = shuffle_buffered(stream, pcfg.shuffle_buffer, random.Random(seed))
+    for doc in stream:
+        stats.documents_read += 1
+        ids = encode(tokenizer, doc.text)
+        if len(ids) < lo:
+            message = (f"document {doc.id!r} has {len(ids)} tokens, fewer than the {lo} a "
+                       f"context span needs (data.pretrain.min_len={pcfg.min_len}, "
+                       f"len_jitter={pcfg.len_jitter})")
+            if not pcfg.skip_short:
+                raise DataError(f"{doc.where}: {message}; set data.pretrain.skip_short=true "
+                                "to skip short documents")
+            stats.skips.add("too_short", f"{doc.where}: {message}")
+            continue
+        examples = _doc_examples(doc, ids, pcfg, seed, stats)
+        stats.documents_used += 1
+        yield doc, examples
+
+
+def _progress(total: int | None, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="tok", disable=None if enabled else True,
+                unit_scale=True, dynamic_ncols=True)
+
+
+def build_pretrain_examples(docs_iter: Iterable, tokenizer, pcfg: PretrainDataConfig,
+                            seed: int, *, token_budget: int | None = None,
+                            max_examples: int | None = None, stats: PretrainStats | None = None,
+                            progress: bool = False, desc: str = "pretrain") -> list[dict]:
+    """ICAE examples from ``docs_iter`` (:class:`Document`, ``{"text", "id"?, "source"?}``
+    dicts or plain strings) until ``token_budget`` (default ``pcfg.token_num``) tokens or
+    ``max_examples`` examples. Deterministic for ``seed``."""
+    stats = stats if stats is not None else PretrainStats()
+    budget = pcfg.token_num if token_budget is None else token_budget
+    out: list[dict] = []
+    tokens = 0
+    with _progress(budget, desc, progress) as bar:
+        for _, examples in iter_doc_examples(docs_iter, tokenizer, pcfg, seed, stats):
+            for ex in examples:
+                n = len(ex["context_ids"]) + len(ex["continuation_ids"])
+                out.append(ex)
+                tokens += n
+                bar.update(n)
+                if tokens >= budget or (max_examples is not None and len(out) >= max_examples):
+                    return out
+    return out
+
+
+def _count(examples: list[dict]) -> dict:
+    ae = sum(1 for e in examples if e["task"] == "ae")
+    return {"examples": len(examples), "ae": ae, "lm": len(examples) - ae,
+            "tokens": sum(len(e["context_ids"]) + len(e["continuation_ids"]) for e in examples)}
+
+
+def build_pretrain_sets(pcfg: PretrainDataConfig, tokenizer, seed: int, *,
+                        skip_bad_lines: bool = False, progress: bool = False
+                        ) -> tuple[list[dict], list[dict], dict]:
+    """``(train, eval, summary)`` from the configured sources."""
+    if not pcfg.sources:
+        raise DataError("data.pretrain.sources: no sources configured")
+    skips = SkipLog()
+    train_stats = PretrainStats(skips=skips)
+    docs = iter_documents(pcfg.sources, skip_bad_lines=skip_bad_lines, skips=skips)
+    eval_examples: list[dict] = []
+    eval_stats = PretrainStats()
+    if pcfg.eval_sources:
+        eval_docs = iter_documents(pcfg.eval_sources, label="data.pretrain.eval_sources",
+                                   skip_bad_lines=skip_bad_lines, skips=eval_stats.skips)
+        if pcfg.eval_size > 0:
+            eval_examples = build_pretrain_examples(
+                eval_docs, tokenizer, pcfg, seed + 1, token_budget=10 ** 15,
+                max_examples=pcfg.eval_size, stats=eval_stats, progress=False)
+        train = build_pretrain_examples(docs, tokenizer, pcfg, seed, stats=train_stats,
+                                        progress=progress)
+    else:
+        # Hold out the first shuffled documents as the eval set.
+        train, tokens = [], 0
+        stream = iter_doc_examples(docs, tokenizer, pcfg, seed, train_stats)
+        with _progress(pcfg.token_num, "pretrain", progress) as bar:
+            for _, examples in stream:
+                if len(eval_examples) < pcfg.eval_size:
+                    eval_examples.extend(examples[: pcfg.eval_size - len(eval_examples)])
+                    continue
+                for ex in examples:
+                    n = len(ex["context_ids"]) + len(ex["continuation_ids"])
+                    train.append(ex)
+                    tokens += n
+                    bar.update(n)
+                    if tokens >= pcfg.token_num:
+                        break
+                if tokens >= pcfg.token_num:
+                    break
+    summary = {
+        "train": _count(train), "eval": _count(eval_examples),
+        "documents_read": train_stats.documents_read + eval_stats.documents_read,
+        "documents_used": train_stats.documents_used + eval_stats.documents_used,
+        "documents_skipped": {"train_sources": train_stats.skips.as_dict(),
+                              "eval_sources": eval_stats.skips.as_dict()},
+        "lm_fallback_ae": train_stats.lm_fallback_ae + eval_stats.lm_fallback_ae,
+        "token_budget": pcfg.token_num,
+        "budget_reached": _count(train)["tokens"] >= pcfg.token_num,
+        "eval_from": "eval_sources" if pcfg.eval_sources else "held-out documents",
+    }
+    if not train:
+        raise DataError(
+            f"data.pretrain: no training examples: read {summary['documents_read']} documents "
+            f"and skipped {skips.total} ({dict(skips.counts)}); "
+            + ("all usable documents went to the eval set; " if eval_examples else "")
+            + f"check data.pretrain.sources and min_len={pcfg.min_len}")
+    if pcfg.eval_size > 0 and not eval_examples:
+        raise DataError("data.pretrain: no eval examples could be built (eval_size="
+                        f"{pcfg.eval_size}); check eval_sources and min_len={pcfg.min_len}")
+    if not summary["budget_reached"]:
+        log.warning("pretrain: the sources ran out after %d of %d budgeted tokens",
+                    summary["train"]["tokens"], pcfg.token_num)
+    return train, eval_examples, summary

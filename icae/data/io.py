@@ -1,0 +1,149 @@
+"""Reading and writing data files: JSON / JSONL (optionally gzip- or xz-compressed), with
+errors that name the file and line, counted skips, and atomic JSONL output."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+import lzma
+import os
+import tempfile
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+log = logging.getLogger(__name__)
+
+
+class DataError(ValueError):
+    """Bad input data. The message starts with ``file:line`` (or the file and a JSON path)."""
+
+
+def open_text(path: str | os.PathLike):
+    """Open a text file for reading; ``.gz`` and ``.xz`` are decompressed on the fly."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file")
+    if path.suffix == ".gz":
+        return gzip.open(path, "rt", encoding="utf-8")
+    if path.suffix == ".xz":
+        return lzma.open(path, "rt", encoding="utf-8")
+    return open(path, "r", encoding="utf-8")
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """A whole JSON document; a syntax error names the file, line and column."""
+    with open_text(path) as fh:
+        text = fh.read()
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}:{exc.lineno}:{exc.colno}: invalid JSON: {exc.msg}") from None
+
+
+@dataclass
+class SkipLog:
+    """Counts records skipped for a reason (``data.skip_bad_lines`` or a filter), keeping a
+    few examples of where they were, for summaries and log messages."""
+
+    counts: Counter = field(default_factory=Counter)
+    examples: dict[str, list[str]] = field(default_factory=dict)
+    max_examples: int = 5
+
+    def add(self, reason: str, where: str) -> None:
+        self.counts[reason] += 1
+        ex = self.examples.setdefault(reason, [])
+        if len(ex) < self.max_examples:
+            ex.append(where)
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def as_dict(self) -> dict:
+        return {"total": self.total, "by_reason": dict(sorted(self.counts.items())),
+                "examples": {k: list(v) for k, v in sorted(self.examples.items())}}
+
+    def merge(self, other: "SkipLog") -> None:
+        for reason, n in other.counts.items():
+            self.counts[reason] += n
+            ex = self.examples.setdefault(reason, [])
+            ex.extend(other.examples.get(reason, [])[: max(0, self.max_examples - len(ex))])
+
+
+def bad_record(message: str, where: str, skip_bad_lines: bool, skips: SkipLog | None,
+               reason: str) -> None:
+    """Raise ``DataError('where: message')``, or count a skip when bad lines may be skipped."""
+    if not skip_bad_lines:
+        raise DataError(f"{where}: {message} (set data.skip_bad_lines=true to skip such "
+                        "records and count them)")
+    log.warning("skipping %s: %s", where, message)
+    if skips is not None:
+        skips.add(reason, f"{where}: {message}")
+
+
+def iter_jsonl(path: str | os.PathLike, *, skip_bad_lines: bool = False,
+               skips: SkipLog | None = None) -> Iterator[tuple[int, dict]]:
+    """``(line number, record)`` for every non-blank line. A line that is not a JSON object
+    raises :class:`DataError` naming ``file:line`` (or is counted in ``skips``)."""
+    with open_text(path) as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                bad_record(f"malformed JSON ({exc.msg}, column {exc.colno})", where,
+                           skip_bad_lines, skips, "malformed_json")
+                continue
+            if not isinstance(row, dict):
+                bad_record(f"expected a JSON object, got {type(row).__name__}", where,
+                           skip_bad_lines, skips, "not_an_object")
+                continue
+            yield lineno, row
+
+
+def read_jsonl(path: str | os.PathLike, *, skip_bad_lines: bool = False,
+               skips: SkipLog | None = None) -> list[dict]:
+    """All records of a JSONL(.gz) file; malformed lines raise ``DataError('file:line: ...')``
+    unless ``skip_bad_lines`` (then they are counted in ``skips``)."""
+    return [row for _, row in iter_jsonl(path, skip_bad_lines=skip_bad_lines, skips=skips)]
+
+
+def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> int:
+    """Write one JSON object per line through a temporary file renamed into place; returns
+    the number of rows. ``.gz`` paths are compressed (deterministically: no timestamp)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    n = 0
+    try:
+        with os.fdopen(fd, "wb") as raw:
+            if path.suffix == ".gz":
+                with gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz:
+                    for row in rows:
+                        gz.write((json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8"))
+                        n += 1
+            else:
+                for row in rows:
+                    raw.write((json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8"))
+                    n += 1
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return n
+
+
+def require_fields(row: dict, fields: dict[str, type | tuple[type, ...]]) -> str | None:
+    """The first problem with ``row``'s required fields (missing / wrong type), or None."""
+    for name, tp in fields.items():
+        if name not in row:
+            return f"missing field {name!r}"
+        if not isinstance(row[name], tp):
+            want = tp.__name__ if isinstance(tp, type) else "/".join(t.__name__ for t in tp)
+            return f"field {name!r} must be {want}, got {type(row[name]).__name__}"
+    return None

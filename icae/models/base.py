@@ -1,0 +1,238 @@
+"""What ICAE and the plain-LLM baseline share: one base model wrapped by peft, prompt
+encoding into padded batches, loss on labelled tokens only, and batched greedy decoding."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from icae.config import ModelConfig
+from icae.models.templates import Piece, PromptBuilder
+
+IGNORE = -100
+
+
+@dataclass
+class EncodedPrompt:
+    """One decoder sequence. ``contexts`` are the (token ids, start position) of the
+    contexts to compress, in the order their memory placeholders appear."""
+
+    input_ids: list[int]
+    labels: list[int]
+    position_ids: list[int]
+    contexts: list[tuple[list[int], int]] = field(default_factory=list)
+    task: int = 0  # 0 autoencoding, 1 language modelling, 2 fine-tuning
+
+    @property
+    def num_target_tokens(self) -> int:
+        return sum(1 for x in self.labels if x != IGNORE)
+
+
+def collate(examples: Sequence[EncodedPrompt], pad_id: int) -> dict:
+    """Left-pad a batch (generation and training share one layout)."""
+    width = max(len(e.input_ids) for e in examples)
+    B = len(examples)
+    ids = torch.full((B, width), pad_id, dtype=torch.long)
+    labels = torch.full((B, width), IGNORE, dtype=torch.long)
+    pos = torch.zeros((B, width), dtype=torch.long)
+    mask = torch.zeros((B, width), dtype=torch.long)
+    ctx_ids, ctx_starts = [], []
+    for b, e in enumerate(examples):
+        n = len(e.input_ids)
+        ids[b, width - n:] = torch.tensor(e.input_ids)
+        labels[b, width - n:] = torch.tensor(e.labels)
+        pos[b, width - n:] = torch.tensor(e.position_ids)
+        mask[b, width - n:] = 1
+        for c_ids, start in e.contexts:
+            ctx_ids.append(list(c_ids))
+            ctx_starts.append(start)
+    clen = max((len(c) for c in ctx_ids), default=0)
+    context_ids = torch.full((len(ctx_ids), clen), pad_id, dtype=torch.long)
+    for i, c in enumerate(ctx_ids):
+        context_ids[i, : len(c)] = torch.tensor(c, dtype=torch.long)
+    return {
+        "input_ids": ids, "attention_mask": mask, "position_ids": pos, "labels": labels,
+        "context_ids": context_ids,
+        "context_lengths": torch.tensor([len(c) for c in ctx_ids], dtype=torch.long),
+        "context_starts": torch.tensor(ctx_starts, dtype=torch.long),
+        "task": torch.tensor([e.task for e in examples], dtype=torch.long),
+    }
+
+
+class LoRAWrappedModel(nn.Module):
+    """A base causal LM wrapped by peft with one (or two) LoRA adapters."""
+
+    adapter_names: tuple[str, ...] = ()
+
+    def __init__(self, base_model, tokenizer, cfg: ModelConfig):
+        super().__init__()
+        from peft import LoraConfig, get_peft_model
+
+        self.cfg = cfg
+        self.tokenizer = tokenizer
+        self.prompts = PromptBuilder(tokenizer)
+        for p in base_model.parameters():
+            p.requires_grad_(False)
+        lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
+                          lora_dropout=cfg.lora_dropout,
+                          target_modules=list(cfg.lora_target_modules), bias="none")
+        self.peft = get_peft_model(base_model, lora, adapter_name=self.adapter_names[0])
+        for name in self.adapter_names[1:]:
+            self.peft.add_adapter(name, lora)
+        self._mark_trainable()
+        self.vocab_size = base_model.get_input_embeddings().num_embeddings
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.stop_ids = self.prompts.stop_token_ids()
+
+    # -- parameters -----------------------------------------------------------------------
+    def _is_trained(self, name: str) -> bool:
+        return "lora_" in name
+
+    def _mark_trainable(self) -> None:
+        # peft's set_adapter freezes inactive adapters; every adapter we own is trained.
+        for name, p in self.named_parameters():
+            p.requires_grad_(self._is_trained(name))
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        return {n: p.detach() for n, p in self.named_parameters() if self._is_trained(n)}
+
+    @property
+    def base(self):
+        return self.peft.get_base_model()
+
+    @property
+    def inner(self):
+        """The transformer stack without the LM head (hidden states only)."""
+        base = self.base
+        return getattr(base, base.base_model_prefix)
+
+    @property
+    def lm_head(self):
+        return self.base.get_output_embeddings()
+
+    @property
+    def device(self) -> torch.device:
+        return self.base.get_input_embeddings().weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.base.get_input_embeddings().weight.dtype
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None):
+        kwargs = gradient_checkpointing_kwargs or {"use_reentrant": False}
+        self.base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        self.base.config.use_cache = False
+
+    @contextmanager
+    def adapter(self, name: str | None) -> Iterator[None]:
+        """Run with adapter ``name`` active, or with every adapter disabled (``None``)."""
+        if name is None:
+            with self.peft.disable_adapter():
+                yield
+            return
+        if self.peft.active_adapter != name:
+            self.peft.set_adapter(name)
+            self._mark_trainable()
+        yield
+
+    # -- embeddings and loss ----------------------------------------------------------------
+    def embed_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
+        emb = self.base.get_input_embeddings()
+        return emb(input_ids.clamp(max=self.vocab_size - 1))
+
+    def loss_from_hidden(self, hidden: torch.Tensor, labels: torch.Tensor,
+                         task: torch.Tensor | None = None,
+                         num_items_in_batch: int | torch.Tensor | None = None) -> dict:
+        """Cross-entropy of next-token prediction on labelled tokens; the LM head runs only
+        at those positions (vocabularies of 150k make full logits the main memory cost)."""
+        h = hidden[:, :-1]
+        y = labels[:, 1:]
+        sel = y != IGNORE
+        logits = self.lm_head(h[sel]).float()
+        per_token = F.cross_entropy(logits, y[sel], reduction="none")
+        count = sel.sum()
+        denom = num_items_in_batch if num_items_in_batch is not None else count.clamp(min=1)
+        if isinstance(denom, torch.Tensor):
+            denom = denom.to(per_token.device)
+        out = {"loss": per_token.sum() / denom, "num_tokens": count.detach()}
+        if task is not None:
+            row = torch.arange(y.shape[0], device=y.device)[:, None].expand_as(y)[sel]
+            token_task = task.to(y.device)[row]
+            for tid, name in ((0, "ae_loss"), (1, "lm_loss"), (2, "ft_loss")):
+                m = token_task == tid
+                if m.any():
+                    out[name] = per_token[m].detach().mean()
+                    out[f"{name[:2]}_tokens"] = m.sum().detach()
+        return out
+
+    def _cache_kwarg(self) -> str:
+        import inspect
+
+        params = inspect.signature(type(self.inner).forward).parameters
+        return "cache" if "cache" in params else "past_key_values"
+
+    # -- generation ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def greedy_decode(self, embeds: torch.Tensor, attention_mask: torch.Tensor,
+                      position_ids: torch.Tensor, max_new_tokens: int,
+                      use_cache: bool = True) -> list[list[int]]:
+        """Greedy decoding from left-padded prompt embeddings; each row stops at its first
+        stop token (EOS or the template's end-of-turn), which is not returned."""
+        B = embeds.shape[0]
+        stop = torch.tensor(self.stop_ids or [-1], device=embeds.device)
+        done = torch.zeros(B, dtype=torch.bool, device=embeds.device)
+        generated: list[torch.Tensor] = []
+        next_pos = position_ids[:, -1] + 1
+        mask = attention_mask
+        cache_kw = {}
+        if use_cache:
+            from transformers import DynamicCache
+
+            # The kwarg was renamed from past_key_values to cache during transformers 5.x.
+            cache_kw = {self._cache_kwarg(): DynamicCache(config=self.base.config)}
+        seq_embeds, seq_pos = embeds, position_ids
+        out = self.inner(inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids,
+                         use_cache=use_cache, **cache_kw)
+        for _ in range(max_new_tokens):
+            logits = self.lm_head(out.last_hidden_state[:, -1]).float()
+            token = logits.argmax(-1)
+            token = torch.where(done, torch.full_like(token, self.pad_id), token)
+            generated.append(token)
+            done = done | torch.isin(token, stop)
+            if bool(done.all()):
+                break
+            new_embed = self.embed_tokens(token[:, None]).to(embeds.dtype)
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+            if use_cache:
+                out = self.inner(inputs_embeds=new_embed, attention_mask=mask,
+                                 position_ids=next_pos[:, None], use_cache=True, **cache_kw)
+            else:
+                seq_embeds = torch.cat([seq_embeds, new_embed], dim=1)
+                seq_pos = torch.cat([seq_pos, next_pos[:, None]], dim=1)
+                out = self.inner(inputs_embeds=seq_embeds, attention_mask=mask,
+                                 position_ids=seq_pos, use_cache=False)
+            next_pos = next_pos + 1
+        if not generated:
+            return [[] for _ in range(B)]
+        tokens = torch.stack(generated, dim=1).tolist()
+        stops = set(self.stop_ids)
+        result = []
+        for row in tokens:
+            cut = next((i for i, t in enumerate(row) if t in stops), len(row))
+            result.append(row[:cut])
+        return result
+
+
+def count_base_parameter_storage(model: nn.Module) -> int:
+    """Number of distinct storages holding frozen (non-LoRA) weights, by data pointer."""
+    ptrs = {p.untyped_storage().data_ptr() for n, p in model.named_parameters()
+            if "lora_" not in n}
+    return len(ptrs)
+
+
+PieceEncoder = Callable[[list[Piece]], EncodedPrompt]

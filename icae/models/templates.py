@@ -1,0 +1,215 @@
+"""Prompt layouts, built from the tokenizer's own chat template.
+
+A prompt is a list of *pieces*:
+
+- :class:`Text` – token ids taken as they are (``train=True`` marks a target: its tokens
+  carry labels);
+- :class:`Context` – a context that ICAE compresses into memory slots and the plain-LLM
+  baseline reads as text;
+- :class:`Marker` – one of ICAE's learned markers ``ae`` / ``lm`` / ``ft`` (dropped by the
+  baseline, which has no learned embeddings).
+
+Chat prompts are rendered by ``tokenizer.apply_chat_template`` with unique marker strings
+standing where contexts and markers go; the rendered string is split on those markers and
+each text run tokenized without extra special tokens. (SentencePiece tokenizers such as
+Mistral's begin each separately tokenized run with a word boundary "▁", exactly as the
+original ICAE Mistral prompts did; BPE tokenizers such as Qwen's are unaffected.) No token id is hard-coded: BOS, EOS
+and turn delimiters come out of the template itself. Qwen3's thinking block is disabled
+with ``enable_thinking=False`` (other templates ignore the variable).
+
+A tokenizer without a chat template gets this plain layout (documented behaviour)::
+
+    {system}\\n\\n                 (only when there is a system message)
+    User: {content}\\n\\n          (each user message)
+    Assistant: {content}{eos}\\n\\n (each assistant message)
+    Assistant:                    (generation prompt)
+
+Pre-training prompts follow ICAE and use no chat template:
+autoencoding is ``[memory] [AE] text <eos>``; language modelling is
+``[memory] [LM] continuation``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Sequence
+
+_CTX = "\ue000ICAE_CONTEXT_{}\ue001"
+_MARK = "\ue000ICAE_MARKER_{}\ue001"
+_SPLIT = re.compile("(\ue000ICAE_(?:CONTEXT|MARKER)_[a-z0-9]+\ue001)")
+
+MARKERS = ("ae", "lm", "ft")
+
+
+def context_slot(index: int) -> str:
+    """The string to write in a message where context ``index`` goes."""
+    return _CTX.format(index)
+
+
+def marker_slot(kind: str) -> str:
+    if kind not in MARKERS:
+        raise ValueError(f"unknown marker {kind!r}; expected one of {MARKERS}")
+    return _MARK.format(kind)
+
+
+@dataclass(frozen=True)
+class Text:
+    ids: tuple[int, ...]
+    train: bool = False
+
+
+@dataclass(frozen=True)
+class Context:
+    ids: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Marker:
+    kind: str
+
+
+Piece = Text | Context | Marker
+
+
+@dataclass
+class PromptBuilder:
+    tokenizer: object
+    _has_template: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._has_template = bool(getattr(self.tokenizer, "chat_template", None))
+
+    # -- token helpers ------------------------------------------------------------------
+    def encode(self, text: str) -> list[int]:
+        if not text:
+            return []
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    @property
+    def eos_ids(self) -> list[int]:
+        eos = self.tokenizer.eos_token_id
+        return [] if eos is None else [eos]
+
+    def stop_token_ids(self) -> list[int]:
+        """EOS plus the template's end-of-turn token, read off a rendered assistant turn."""
+        stops = set(self.eos_ids)
+        if self._has_template:
+            tail = self._assistant_suffix()
+            ids = self.encode(tail.strip()) if tail.strip() else []
+            if len(ids) == 1:
+                stops.add(ids[0])
+        return sorted(stops)
+
+    def _render(self, messages: list[dict], add_generation_prompt: bool) -> str:
+        if self._has_template:
+            return self.tokenizer.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=add_generation_prompt,
+                enable_thinking=False)
+        out = []
+        for msg in messages:
+            if msg["role"] == "system":
+                out.append(f"{msg['content']}\n\n")
+            elif msg["role"] == "user":
+                out.append(f"User: {msg['content']}\n\n")
+            else:
+                eos = self.tokenizer.eos_token or ""
+                out.append(f"Assistant: {msg['content']}{eos}\n\n")
+        if add_generation_prompt:
+            out.append("Assistant:")
+        return "".join(out)
+
+    def _assistant_suffix(self) -> str:
+        """What the template writes after an assistant answer (end-of-turn and the like)."""
+        probe = "\ue002"
+        msgs = [{"role": "user", "content": "x"}]
+        prompt = self._render(msgs, True)
+        full = self._render(msgs + [{"role": "assistant", "content": probe}], False)
+        if full.startswith(prompt) and probe in full[len(prompt):]:
+            return full[len(prompt):].split(probe, 1)[1]
+        return self.tokenizer.eos_token or ""
+
+    def target_text(self, messages: list[dict], answer: str) -> str:
+        """The exact text the template writes for ``answer`` as the next assistant turn."""
+        prompt = self._render(messages, True)
+        full = self._render(messages + [{"role": "assistant", "content": answer}], False)
+        if full.startswith(prompt):
+            return full[len(prompt):]
+        return answer + (self.tokenizer.eos_token or "")
+
+    def _split(self, rendered: str, contexts: Sequence[Sequence[int]]) -> list[Piece]:
+        pieces: list[Piece] = []
+        for part in _SPLIT.split(rendered):
+            if not part:
+                continue
+            if part.startswith("\ue000ICAE_CONTEXT_"):
+                idx = int(part[len("\ue000ICAE_CONTEXT_"):-1])
+                pieces.append(Context(tuple(contexts[idx])))
+            elif part.startswith("\ue000ICAE_MARKER_"):
+                pieces.append(Marker(part[len("\ue000ICAE_MARKER_"):-1]))
+            else:
+                ids = self.encode(part)
+                if ids:
+                    pieces.append(Text(tuple(ids)))
+        return pieces
+
+    # -- layouts ------------------------------------------------------------------------
+    def autoencoding(self, context: Sequence[int]) -> list[Piece]:
+        return [Context(tuple(context)), Marker("ae"),
+                Text(tuple(context) + tuple(self.eos_ids), train=True)]
+
+    def autoencoding_prompt(self, context: Sequence[int]) -> list[Piece]:
+        return [Context(tuple(context)), Marker("ae")]
+
+    def language_modelling(self, context: Sequence[int], continuation: Sequence[int]
+                           ) -> list[Piece]:
+        return [Context(tuple(context)), Marker("lm"), Text(tuple(continuation), train=True)]
+
+    def chat(self, messages: list[dict], contexts: Sequence[Sequence[int]] = (),
+             answer: str | None = None) -> list[Piece]:
+        """Render ``messages`` (whose contents may hold :func:`context_slot` /
+        :func:`marker_slot` strings) as a generation prompt, plus the answer as a target."""
+        pieces = self._split(self._render(messages, True), contexts)
+        if answer is not None:
+            pieces.append(Text(tuple(self.encode(self.target_text(messages, answer))),
+                               train=True))
+        return pieces
+
+    def conversation(self, messages: list[dict], contexts: Sequence[Sequence[int]] = (),
+                     train_roles: tuple[str, ...] = ("assistant",),
+                     first_trained_message: int = 0) -> list[Piece]:
+        """A whole conversation; assistant turns from ``first_trained_message`` on are
+        targets. Each turn's text is the template's own rendering of that turn."""
+        pieces: list[Piece] = []
+        rendered_so_far = ""
+        for i, msg in enumerate(messages):
+            if msg["role"] in train_roles:
+                prompt = self._render(messages[:i], True)
+                full = self._render(messages[: i + 1], False)
+                if not (full.startswith(prompt) and prompt.startswith(rendered_so_far)):
+                    raise ValueError("chat template is not prefix-stable; cannot split turns")
+                pieces += self._split(prompt[len(rendered_so_far):], contexts)
+                target = self.encode(full[len(prompt):])
+                pieces.append(Text(tuple(target), train=i >= first_trained_message))
+                rendered_so_far = full
+        tail = self._render(messages, False)
+        if tail.startswith(rendered_so_far) and len(tail) > len(rendered_so_far):
+            pieces += self._split(tail[len(rendered_so_far):], contexts)
+        return pieces
+
+
+def qa_messages(question: str, prompt: str, compressed: bool) -> list[dict]:
+    """SQuAD-style question over context 0: ``[context][FT] prompt question``."""
+    ft = marker_slot("ft") if compressed else "\n\n"
+    return [{"role": "user", "content": f"{context_slot(0)}{ft}{prompt}{question}"}]
+
+
+def repoqa_messages(description: str, instruction: str, compressed: bool) -> list[dict]:
+    ft = marker_slot("ft") if compressed else ""
+    return [{"role": "user", "content":
+             f"```\n{context_slot(0)}\n```{ft}\n\n{instruction}\n\nDescription:\n{description}"}]
+
+
+def strip_markers(pieces: list[Piece]) -> list[Piece]:
+    """The plain-LLM view of a prompt: no learned markers."""
+    return [p for p in pieces if not isinstance(p, Marker)]

@@ -45,7 +45,8 @@ def describe(model) -> dict:
 
 
 def save_checkpoint(model, directory: str | Path, config_text: str | None = None,
-                    extra: dict | None = None) -> Path:
+                    extra: dict | None = None, extra_files: dict[str, str] | None = None
+                    ) -> Path:
     directory = Path(directory)
     with atomic_directory(directory) as tmp:
         state = {n: t.detach().to("cpu").contiguous()
@@ -57,6 +58,8 @@ def save_checkpoint(model, directory: str | Path, config_text: str | None = None
         atomic_write_json(tmp / META, meta)
         if config_text is not None:
             (tmp / "config.yaml").write_text(config_text, encoding="utf-8")
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text, encoding="utf-8")
     return directory
 
 

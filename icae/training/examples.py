@@ -1,0 +1,165 @@
+"""Prepared records -> prompt pieces -> encoded training examples, for every data set.
+
+The same builders serve ICAE and the plain-LLM baseline: a prompt names its contexts with
+:class:`~icae.models.templates.Context` pieces, which ICAE compresses and the baseline
+reads as text.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from icae.config import ExperimentConfig
+from icae.models.base import EncodedPrompt
+from icae.models.templates import (Piece, context_slot, qa_messages, repoqa_messages)
+
+log = logging.getLogger(__name__)
+
+TASK_AE, TASK_LM, TASK_FT = 0, 1, 2
+
+
+def is_icae(model) -> bool:
+    return hasattr(model, "placeholder_id")
+
+
+def pretrain_pieces(model, rec: dict) -> tuple[list[Piece], int]:
+    if rec["task"] == "ae":
+        return model.prompts.autoencoding(rec["context_ids"]), TASK_AE
+    return model.prompts.language_modelling(rec["context_ids"], rec["continuation_ids"]), TASK_LM
+
+
+def squad_pieces(model, rec: dict, prompt: str, answer: str | None) -> list[Piece]:
+    ctx = model.prompts.encode(rec["context"])
+    msgs = qa_messages(rec["question"], prompt, compressed=is_icae(model))
+    return model.prompts.chat(msgs, [ctx], answer=answer)
+
+
+def repoqa_answer(rec: dict) -> str:
+    return f"```{rec.get('language', '')}\n{rec['needle_code']}\n```"
+
+
+def repoqa_pieces(model, rec: dict, instruction: str, answer: str | None) -> list[Piece]:
+    ctx = model.prompts.encode(rec["context"])
+    msgs = repoqa_messages(rec["description"], instruction, compressed=is_icae(model))
+    return model.prompts.chat(msgs, [ctx], answer=answer)
+
+
+def trajectory_messages(model, messages: list[dict]) -> tuple[list[dict], list[list[int]]]:
+    """Replace each observation marked ``compress`` by a context slot (ICAE and baseline
+    alike: the baseline inlines the context text again)."""
+    out, contexts = [], []
+    for msg in messages:
+        if msg.get("compress"):
+            out.append({"role": msg["role"], "content": context_slot(len(contexts))})
+            contexts.append(model.prompts.encode(msg["content"]))
+        else:
+            out.append({"role": msg["role"], "content": msg["content"]})
+    return out, contexts
+
+
+def first_target_index(messages: list[dict]) -> int:
+    """Targets are the assistant turns after the first user/assistant exchange."""
+    seen = 0
+    for i, msg in enumerate(messages):
+        if msg["role"] == "assistant":
+            seen += 1
+            if seen == 2:
+                return i
+    return len(messages)
+
+
+def trajectory_pieces(model, rec: dict, upto: int | None = None) -> list[Piece]:
+    messages = rec["messages"][:upto] if upto else rec["messages"]
+    msgs, contexts = trajectory_messages(model, messages)
+    return model.prompts.conversation(msgs, contexts,
+                                      first_trained_message=first_target_index(messages))
+
+
+@dataclass
+class BuildStats:
+    examples: int = 0
+    truncated: int = 0
+    skipped: int = 0
+    reasons: dict = field(default_factory=dict)
+
+    def skip(self, why: str) -> None:
+        self.skipped += 1
+        self.reasons[why] = self.reasons.get(why, 0) + 1
+
+
+def _fit(enc: EncodedPrompt, max_length: int, stats: BuildStats) -> EncodedPrompt | None:
+    n = len(enc.input_ids)
+    if n <= max_length:
+        return enc
+    ph = getattr(enc, "_placeholder", None)
+    last_mem = max((i for i, t in enumerate(enc.input_ids) if t == ph), default=-1)
+    if last_mem >= max_length - 1:
+        stats.skip("memory does not fit max_length")
+        return None
+    stats.truncated += 1
+    enc.input_ids = enc.input_ids[:max_length]
+    enc.labels = enc.labels[:max_length]
+    enc.position_ids = enc.position_ids[:max_length]
+    return enc
+
+
+def encode_records(model, cfg: ExperimentConfig, dataset: str, records: list[dict],
+                   max_length: int) -> tuple[list[EncodedPrompt], BuildStats]:
+    """Encode every record of ``dataset`` (pretrain, squad, repoqa, trajectories)."""
+    stats = BuildStats()
+    out: list[EncodedPrompt] = []
+    ph = getattr(model, "placeholder_id", None)
+    for rec in records:
+        if dataset == "pretrain":
+            pieces, task = pretrain_pieces(model, rec)
+            enc = model.encode(pieces, task=task)
+        elif dataset == "squad":
+            answers = rec.get("answers") or []
+            if not answers:
+                stats.skip("no gold answer")
+                continue
+            enc = model.encode(squad_pieces(model, rec, cfg.data.squad.prompt, answers[0]))
+        elif dataset == "repoqa":
+            enc = model.encode(repoqa_pieces(model, rec, cfg.data.repoqa.instruction,
+                                             repoqa_answer(rec)))
+        elif dataset == "trajectories":
+            upto = len(rec["messages"])
+            enc = model.encode(trajectory_pieces(model, rec, upto))
+            # Drop whole trailing turns rather than cut through an observation's memory.
+            while len(enc.input_ids) > max_length and upto > 4:
+                upto -= 2
+                enc = model.encode(trajectory_pieces(model, rec, upto))
+            if upto < len(rec["messages"]):
+                stats.truncated += 1
+        else:
+            raise ValueError(f"unknown data set {dataset!r}")
+        if enc.num_target_tokens == 0:
+            stats.skip("no target tokens")
+            continue
+        enc._placeholder = ph  # type: ignore[attr-defined]
+        fitted = _fit(enc, max_length, stats)
+        if fitted is not None and fitted.num_target_tokens > 0:
+            out.append(fitted)
+            stats.examples += 1
+        elif fitted is not None:
+            stats.skip("no target tokens within max_length")
+    return out, stats
+
+
+def prepared_file(cfg: ExperimentConfig, dataset: str, split: str) -> Path:
+    return Path(cfg.data.prepared_dir) / dataset / f"{split}.jsonl"
+
+
+def load_records(cfg: ExperimentConfig, dataset: str, split: str) -> list[dict]:
+    from icae.data.io import read_jsonl
+
+    path = prepared_file(cfg, dataset, split)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} does not exist: run `python -m icae prepare-data` for {dataset} first")
+    records = read_jsonl(path)
+    if not records:
+        raise ValueError(f"{path} holds no examples")
+    return records

@@ -1,0 +1,183 @@
+"""Training on tiny random models: every stage, resume, batching, NaN handling."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from icae.config import load_config
+from icae.models import build_model
+from icae.models.checkpoint import read_meta
+
+TEXT = ("It is a truth universally acknowledged, that a single man in possession of a good "
+        "fortune, must be in want of a wife. The quick brown fox jumps over the lazy dog. "
+        "Alice was beginning to get very tired of sitting by her sister on the bank. ")
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    from icae.testing import save_tiny_model_dir, tiny_tokenizer
+
+    root = tmp_path_factory.mktemp("train")
+    save_tiny_model_dir(root / "model", hidden_size=32)
+    tok = tiny_tokenizer()
+    ids = tok(TEXT * 3, add_special_tokens=False)["input_ids"]
+    prep = root / "prepared"
+
+    def write(name, split, rows):
+        (prep / name).mkdir(parents=True, exist_ok=True)
+        (prep / name / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    pre = []
+    for i in range(8):
+        s = 3 * i
+        pre.append({"id": f"p{i}", "task": "ae" if i % 2 == 0 else "lm", "source": "t",
+                    "context_ids": ids[s:s + 24],
+                    "continuation_ids": [] if i % 2 == 0 else ids[s + 24:s + 36]})
+    for split in ("train", "eval"):
+        write("pretrain", split, pre)
+        write("squad", split, [{"id": f"q{i}", "title": "t", "context": TEXT,
+                                "question": "Who was tired?", "answers": ["Alice", "alice"]}
+                               for i in range(4)])
+        write("repoqa", split, [{"id": "r0", "language": "python", "repo": "x",
+                                 "context": "def f(x):\n    return x + 1\n" * 3,
+                                 "description": "adds one", "needle_name": "f",
+                                 "needle_code": "def f(x):\n    return x + 1",
+                                 "position_ratio": 0.5, "context_tokens": 40}])
+        write("trajectories", split, [{"id": "t0", "cut": {}, "messages": [
+            {"role": "system", "content": "You are an agent.", "compress": False},
+            {"role": "user", "content": "Fix the bug.", "compress": False},
+            {"role": "assistant", "content": "ls", "compress": False},
+            {"role": "user", "content": TEXT, "compress": True},
+            {"role": "assistant", "content": "cat file", "compress": False},
+            {"role": "user", "content": "short", "compress": False},
+            {"role": "assistant", "content": "done", "compress": False}]}])
+    return root
+
+
+def cfg_for(workdir, tmp_path, *overrides):
+    base = [f"model.model_dir={workdir / 'model'}", f"model.base_model={workdir / 'model'}",
+            "model.mem_size=4", "model.mean_compression_rate=2", "model.lora_r=4",
+            "model.lora_alpha=8", "model.lora_dropout=0.0", "model.max_encoder_tokens=64",
+            f"data.prepared_dir={workdir / 'prepared'}", f"output_root={tmp_path}",
+            "run_name=t", "pretrain.max_steps=2", "finetune.max_steps=2",
+            "pretrain.logging_steps=1", "finetune.logging_steps=1", "pretrain.progress=false",
+            "finetune.progress=false", "pretrain.learning_rate=1e-2",
+            "finetune.learning_rate=1e-2"]
+    return load_config(None, base + list(overrides))
+
+
+def test_pretrain_then_every_finetune(workdir, tmp_path):
+    from icae.training.run import finetune, pretrain
+
+    cfg = cfg_for(workdir, tmp_path, "pretrain.eval_steps=2", "pretrain.ae_bleu_samples=2")
+    meta = pretrain(cfg)
+    ckpt = tmp_path / "t" / "pretrain"
+    assert meta["global_step"] == 2
+    assert {"trained.safetensors", "checkpoint.json", "config.yaml", "log.csv"} <= {
+        p.name for p in ckpt.iterdir()}
+    log_text = (ckpt / "log.csv").read_text()
+    for col in ("ae_loss", "lm_loss", "trained_tokens", "eval_loss", "eval_ae_bleu1"):
+        assert col in log_text.splitlines()[0], col
+    assert (tmp_path / "t" / "pretrain.resume").is_dir()  # resume state lives outside
+
+    for dataset in ("squad", "repoqa", "trajectories"):
+        for model_type in ("icae", "llm"):
+            init = [f"finetune.init_checkpoint={ckpt}"] if model_type == "icae" else []
+            ft = cfg_for(workdir, tmp_path, f"finetune.dataset={dataset}",
+                         f"model.model_type={model_type}", *init)
+            meta = finetune(ft)
+            out = tmp_path / "t" / f"finetune-{dataset}-{model_type}"
+            assert read_meta(out)["model_type"] == model_type
+            assert math.isfinite(meta["train_loss"])
+            # the checkpoint loads for evaluation
+            build_model(ft.model, checkpoint=out)
+
+
+def _trained(model):
+    return {k: v.clone() for k, v in model.trainable_state_dict().items()}
+
+
+def _run(workdir, tmp_path, dataset="squad", **kw):
+    """Train in-process and return the trained parameters."""
+    from icae.training.examples import encode_records, load_records
+    from icae.training.trainer import train
+    from icae.utils import seed_everything
+
+    overrides = [f"{k.replace('__', '.')}={v}" for k, v in kw.items() if k != "stop"]
+    ds = [] if dataset == "pretrain" else [f"finetune.dataset={dataset}"]
+    cfg = cfg_for(workdir, tmp_path, *ds, *overrides)
+    seed_everything(cfg.seed)
+    model = build_model(cfg.model)
+    examples, _ = encode_records(model, cfg, dataset, load_records(cfg, dataset, "train"), 512)
+    meta = train(model, examples, [], cfg.finetune, output_dir=tmp_path / "out",
+                 resume_dir=tmp_path / "resume", seed=cfg.seed, config_text="",
+                 stop_after_steps=kw.get("stop"))
+    return model, meta
+
+
+def test_overfitting_a_handful_drives_the_loss_down(workdir, tmp_path):
+    model, meta = _run(workdir, tmp_path, dataset="pretrain", finetune__max_steps=30,
+                       finetune__per_device_train_batch_size=8, finetune__learning_rate=3e-2)
+    rows = [json.loads(line) for line in (tmp_path / "resume" / "log.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in rows if "loss" in r]
+    assert losses[-1] < losses[0] - 1.0, losses
+
+
+def test_resume_after_interruption_matches_a_straight_run(workdir, tmp_path):
+    # Straight: 6 steps. Interrupted: killed after step 4 with a checkpoint at step 3,
+    # then resumed to 6. Same data order, optimizer and RNG state: equal to 1e-6.
+    common = dict(finetune__max_steps=6, finetune__save_steps=3,
+                  finetune__per_device_train_batch_size=2, model__lora_dropout=0.1)
+    straight, _ = _run(workdir, tmp_path / "a", **common)
+    _, meta = _run(workdir, tmp_path / "b", stop=4, **common)
+    assert meta == {"interrupted_at": 4}
+    assert (tmp_path / "b" / "resume" / "checkpoint-3").is_dir()
+    assert not (tmp_path / "b" / "out").exists()
+    resumed, meta = _run(workdir, tmp_path / "b", **common)
+    assert meta["global_step"] == 6
+    a, b = _trained(straight), _trained(resumed)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=0)
+
+
+def test_batch_of_four_equals_four_accumulated_batches_of_one(workdir, tmp_path):
+    # One optimizer step each; the loss is normalised by the labelled tokens of the whole
+    # accumulated batch in both cases. float32: parameters agree to 1e-5.
+    big, _ = _run(workdir, tmp_path / "a", dataset="pretrain", finetune__max_steps=1,
+                  finetune__per_device_train_batch_size=4)
+    acc, _ = _run(workdir, tmp_path / "b", dataset="pretrain", finetune__max_steps=1,
+                  finetune__per_device_train_batch_size=1,
+                  finetune__gradient_accumulation_steps=4)
+    la = json.loads((tmp_path / "a" / "resume" / "log.jsonl").read_text().splitlines()[0])
+    lb = json.loads((tmp_path / "b" / "resume" / "log.jsonl").read_text().splitlines()[0])
+    assert la["loss"] == pytest.approx(lb["loss"], rel=1e-4)
+    a, b = _trained(big), _trained(acc)
+    changed = any((a[k] - _trained(build_model(cfg_for(workdir, tmp_path).model))[k]).abs().max() > 0
+                  for k in a if "lora_B" in k)
+    assert changed
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4)
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(workdir, tmp_path,
+                                                                   monkeypatch):
+    from icae.models.icae import ICAE
+    from icae.training.trainer import NonFiniteLossError
+
+    real = ICAE.forward
+    calls = {"n": 0}
+
+    def flaky(self, *a, **k):
+        out = real(self, *a, **k)
+        calls["n"] += 1
+        if calls["n"] == 3:
+            out["loss"] = out["loss"] * float("nan")
+        return out
+
+    monkeypatch.setattr(ICAE, "forward", flaky)
+    with pytest.raises(NonFiniteLossError, match="non-finite training loss"):
+        _run(workdir, tmp_path, finetune__max_steps=5, finetune__save_steps=1)
+    assert (tmp_path / "resume" / "checkpoint-2").is_dir()
+    assert not (tmp_path / "out").exists()

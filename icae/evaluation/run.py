@@ -392,6 +392,7 @@ UNITS = {
     "compression_rate": "context tokens / decoder positions standing for them",
     "*_time_s": "seconds, summed over batches",
     "latency_s": "mean per example (batch time / batch size)",
+    "tokens_per_second": "tokens decoded (every row, up to its batch's budget) / generate time",
 }
 
 

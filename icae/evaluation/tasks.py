@@ -24,12 +24,12 @@ the instruction and the question alone).
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from icae.data.io import iter_jsonl
 from icae.models import positions as P
 from icae.models.templates import (Context, Piece, context_slot, qa_messages,
                                    repoqa_messages)
@@ -55,27 +55,6 @@ def dataset_path(cfg, task: str) -> Path:
     return Path(cfg.data.prepared_dir) / DATASETS[task][1]
 
 
-def read_jsonl(path: Path, skip_bad_lines: bool = False) -> list[dict]:
-    """Rows of a JSONL file; a bad line is a ValueError naming file and line (or skipped
-    with ``data.skip_bad_lines``)."""
-    rows = []
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                if not isinstance(row, dict):
-                    raise ValueError("not a JSON object")
-            except ValueError as exc:
-                if skip_bad_lines:
-                    continue
-                raise ValueError(f"{path}:{lineno}: invalid JSON line ({exc}); fix it or set "
-                                 "data.skip_bad_lines=true") from None
-            rows.append(row)
-    return rows
-
-
 def load_rows(cfg, task: str) -> tuple[Path, list[dict]]:
     """The first ``evaluation.num_samples`` rows (file order) of the task's eval file."""
     path = dataset_path(cfg, task)
@@ -84,18 +63,20 @@ def load_rows(cfg, task: str) -> tuple[Path, list[dict]]:
             f"{path}: evaluation data for task {task!r} is missing; run "
             "`python -m icae prepare-data --config ...` first (data.prepared_dir="
             f"{cfg.data.prepared_dir!r})")
-    rows = read_jsonl(path, cfg.data.skip_bad_lines)
+    numbered = list(iter_jsonl(path, skip_bad_lines=cfg.data.skip_bad_lines))
     if cfg.evaluation.num_samples is not None:
-        rows = rows[: cfg.evaluation.num_samples]
-    if not rows:
+        numbered = numbered[: cfg.evaluation.num_samples]
+    if not numbered:
         raise ValueError(f"{path}: the evaluation data set is empty")
     required = DATASETS[task][2]
-    for i, row in enumerate(rows):
+    rows = []
+    for lineno, row in numbered:
         missing = [k for k in required if k not in row]
         if missing:
-            raise ValueError(f"{path}: row {i + 1} (id {row.get('id')!r}) lacks field(s) "
-                             f"{', '.join(missing)}; was it prepared for task {task!r}?")
-        row.setdefault("id", str(i))
+            raise ValueError(f"{path}:{lineno}: record lacks field(s) {', '.join(missing)}; "
+                             f"was it prepared for task {task!r}?")
+        row.setdefault("id", f"line{lineno}")
+        rows.append(row)
     return path, rows
 
 
@@ -198,7 +179,8 @@ def _finish(ctx: TaskContext, ex: Example) -> Example:
 def build_ae(rows: list[dict], ctx: TaskContext) -> list[Example]:
     """Reconstruct ``context_ids``; every row is used (``ae`` and ``lm`` rows alike), and
     the budget is ``len(context) + 1`` (the text and its end token), whatever
-    ``evaluation.max_new_tokens`` says: a shorter budget would cut every reconstruction."""
+    ``evaluation.max_new_tokens`` says: a shorter budget would cut every reconstruction.
+    Rows keep ``source`` and ``objective`` (the record's pre-training task, ae or lm)."""
     tok = ctx.prompts.tokenizer
     out = []
     for row in rows:
@@ -211,7 +193,7 @@ def build_ae(rows: list[dict], ctx: TaskContext) -> list[Example]:
         ex = Example(id=str(row["id"]), prompt=prompt,
                      reference=tok.decode(ids, skip_special_tokens=True),
                      reference_ids=ids, max_new_tokens=len(ids) + 1, context_lengths=[len(ids)],
-                     meta={k: row[k] for k in ("source", "task") if k in row})
+                     meta={"source": row.get("source"), "objective": row.get("task")})
         out.append(_finish(ctx, ex))
     return out
 

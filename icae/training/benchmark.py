@@ -1,0 +1,141 @@
+"""``benchmark`` command: time ICAE pre-training steps, ours against the seed's way.
+
+- ``ours``: one base model (encoder = LoRA adapter, decoder = adapter disabled), all
+  segments of the batch compressed in one padded encoder pass, batch size
+  ``pretrain.per_device_train_batch_size``.
+- ``seed-style``: what the original implementation does: batch size 1, one encoder call
+  per segment, and a second full copy of the base model as the decoder.
+
+Both run the same forward + backward + AdamW step on the same synthetic autoencoding
+examples (random token ids of ``data.pretrain.min_len`` tokens: speed does not depend on
+the text), with identical trained parameters. Reported: context tokens per second, seconds
+per example, and peak GPU memory (CUDA only; on CPU peak memory is not measured).
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import time
+
+import torch
+
+from icae.config import ExperimentConfig
+from icae.models.base import collate
+from icae.utils import atomic_write_json, seed_everything
+
+log = logging.getLogger(__name__)
+
+
+def _examples(model, n: int, length: int, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    vocab = len(model.tokenizer)
+    out = []
+    for _ in range(n):
+        ctx = torch.randint(0, min(vocab, model.vocab_size), (length,), generator=g).tolist()
+        out.append(model.encode(model.prompts.autoencoding(ctx), task=0))
+    return out
+
+
+class _SeedStyleDecoder(torch.nn.Module):
+    """Wraps a second, frozen copy of the base model used only for decoding."""
+
+    def __init__(self, model, decoder_base):
+        super().__init__()
+        self.model = model
+        self.decoder_base = decoder_base
+        for p in decoder_base.parameters():
+            p.requires_grad_(False)
+
+    def forward(self, input_ids, attention_mask, position_ids, labels, context_ids,
+                context_lengths, context_starts, task, **_):
+        m = self.model
+        memory = m._batch_memory(context_ids, context_lengths, context_starts)
+        embeds = m.decoder_embeds(input_ids, memory)
+        inner = getattr(self.decoder_base, self.decoder_base.base_model_prefix)
+        hidden = inner(inputs_embeds=embeds, attention_mask=attention_mask,
+                       position_ids=position_ids, use_cache=False).last_hidden_state
+        return m.loss_from_hidden(hidden, labels, task)
+
+
+def _time_mode(cfg: ExperimentConfig, mode: str, steps: int) -> dict:
+    from icae.models import build_model
+    from icae.models.loading import load_base_model
+
+    seed_everything(cfg.seed)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    model = build_model(cfg.model).to(device)
+    if cfg.pretrain.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    batch_size = cfg.pretrain.per_device_train_batch_size
+    step_fn = model
+    if mode == "seed-style":
+        batch_size = 1
+        # One segment per encoder call.
+        seg = int(cfg.model.mem_size * cfg.model.mean_compression_rate)
+        model.cfg.max_encoder_tokens = seg + cfg.model.mem_size + 1
+        decoder_base, _ = load_base_model(cfg.model)
+        step_fn = _SeedStyleDecoder(model, decoder_base.to(device))
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.pretrain.learning_rate)
+    length = cfg.data.pretrain.min_len
+    per_step = cfg.pretrain.per_device_train_batch_size  # same examples per step in both modes
+    examples = _examples(model, per_step * (steps + 1), length, cfg.seed)
+    dtype = torch.bfloat16 if cfg.pretrain.bf16 else None
+    model.train()
+
+    def one_step(batch_examples):
+        opt.zero_grad(set_to_none=True)
+        for i in range(0, len(batch_examples), batch_size):
+            chunk = batch_examples[i:i + batch_size]
+            batch = {k: v.to(device) for k, v in collate(chunk, model.pad_id).items()}
+            n_items = sum(e.num_target_tokens for e in batch_examples)
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                out = step_fn(**batch)
+            (out["loss"] * out["num_tokens"] / n_items).backward()
+        opt.step()
+
+    one_step(examples[:per_step])  # warm-up: kernels, allocator
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for s in range(steps):
+        one_step(examples[(s + 1) * per_step:(s + 2) * per_step])
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    elapsed = time.perf_counter() - t0
+    result = {
+        "mode": mode, "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+        "steps": steps, "examples_per_step": per_step, "micro_batch": batch_size,
+        "context_tokens": length, "mem_size": cfg.model.mem_size,
+        "compression_rate": cfg.model.mean_compression_rate,
+        "seconds_per_step": elapsed / steps,
+        "context_tokens_per_s": steps * per_step * length / elapsed,
+        "peak_gpu_mem_gib": (torch.cuda.max_memory_allocated() / 2**30
+                             if device.type == "cuda" else None),
+        "params_total": sum(p.numel() for p in step_fn.parameters()),
+    }
+    del model, step_fn, opt
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return result
+
+
+def run(cfg: ExperimentConfig, args) -> list[dict]:
+    modes = ["ours", "seed-style"] if args.mode == "both" else [args.mode]
+    results = [_time_mode(cfg, mode, args.steps) for mode in modes]
+    if len(results) == 2:
+        ratio = results[0]["context_tokens_per_s"] / results[1]["context_tokens_per_s"]
+        results[0]["speedup_vs_seed_style"] = ratio
+    for r in results:
+        mem = f"{r['peak_gpu_mem_gib']:.2f} GiB" if r["peak_gpu_mem_gib"] is not None else "n/a"
+        print(f"{r['mode']:>10}: {r['context_tokens_per_s']:.1f} ctx tok/s, "
+              f"{r['seconds_per_step']:.3f} s/step, peak {mem}, params {r['params_total']:,}")
+    if args.out:
+        atomic_write_json(args.out, results)
+    return results

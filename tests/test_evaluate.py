@@ -1,0 +1,372 @@
+"""``icae evaluate`` end to end on tiny random models: every task, both model types, both
+baselines, checkpoints, and bad inputs."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from icae.config import load_config
+from icae.evaluation.run import CSV_COLUMNS, TASK_METRICS, evaluate, output_dir
+from icae.evaluation.tasks import ContextPolicy
+
+TEXTS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Alice was beginning to get very tired of sitting by her sister on the bank.",
+    "A memory slot holds a summary of the context.",
+]
+NEEDLE = "def function(x):\n    return x + 1"
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+
+
+def _trajectory(i: int) -> dict:
+    msg = lambda role, content, compress=False: {"role": role, "content": content,
+                                                 "compress": compress}
+    return {"id": f"t{i}", "cut": {"turns": 3}, "messages": [
+        msg("system", "You are an agent."),
+        msg("user", "Start the task."),
+        msg("assistant", "ok"),
+        msg("user", TEXTS[i] + " " + TEXTS[(i + 1) % 3], True),
+        msg("assistant", "run x"),
+        msg("user", TEXTS[(i + 2) % 3], True),
+        msg("assistant", "done."),
+        msg("user", "short", True),  # below min_compress_len when that is set
+        msg("assistant", "bye"),
+    ]}
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    from icae.testing import save_tiny_model_dir, tiny_tokenizer
+
+    root = tmp_path_factory.mktemp("evaluate")
+    model_dir = save_tiny_model_dir(root / "model", hidden_size=32, layers=1)
+    tok = tiny_tokenizer()
+    data = root / "prepared"
+    ids = lambda t: tok(t, add_special_tokens=False)["input_ids"]
+    _write_jsonl(data / "pretrain/eval.jsonl", [
+        {"id": f"p{i}", "task": "ae" if i % 2 == 0 else "lm", "context_ids": ids(t),
+         "continuation_ids": ids("Alice was"), "source": "fixture"}
+        for i, t in enumerate(TEXTS)])
+    _write_jsonl(data / "squad/eval.jsonl", [
+        {"id": f"q{i}", "title": "T", "context": t, "question": "Who was tired?",
+         "answers": ["Alice", "alice"]} for i, t in enumerate(TEXTS)])
+    _write_jsonl(data / "repoqa/eval.jsonl", [
+        {"id": f"r{i}", "language": "python", "repo": "demo", "needle_name": "function",
+         "context": f"{NEEDLE}\n\n# {t}\n", "description": "Adds one to x.",
+         "needle_code": NEEDLE, "position_ratio": r, "context_tokens": 40}
+        for i, (t, r) in enumerate(zip(TEXTS, (0.1, 0.5, 0.9)))])
+    _write_jsonl(data / "trajectories/eval.jsonl", [_trajectory(i) for i in range(2)])
+    return {"root": root, "model_dir": model_dir, "data": data}
+
+
+def make_cfg(env, out: Path, *overrides: str):
+    return load_config(None, [
+        f"model.model_dir={env['model_dir']}", "model.mem_size=4",
+        "model.mean_compression_rate=2", "model.lora_r=4", "model.lora_alpha=8",
+        f"data.prepared_dir={env['data']}", f"output_root={out}", "evaluation.batch_size=2",
+        "evaluation.max_new_tokens=4", "evaluation.progress=false", *overrides])
+
+
+def read_outputs(directory: Path) -> tuple[list[dict], list[dict], dict]:
+    preds = [json.loads(line) for line in (directory / "predictions.jsonl").read_text()
+             .splitlines()]
+    with open(directory / "metrics.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    summary = json.loads((directory / "summary.json").read_text())
+    return preds, rows, summary
+
+
+EXPECTED_ROWS = {"ae": 3, "qa": 3, "repoqa": 3, "trajectories": 6}  # 2 trajectories x 3 turns
+
+
+@pytest.mark.parametrize("model_type", ["icae", "llm"])
+@pytest.mark.parametrize("task", ["ae", "qa", "repoqa", "trajectories"])
+def test_evaluate_end_to_end(env, tmp_path, task, model_type):
+    cfg = make_cfg(env, tmp_path, f"evaluation.task={task}", f"model.model_type={model_type}",
+                   "run_name=r1", "evaluation.variant=v1")
+    summary = evaluate(cfg)
+    out = tmp_path / "r1" / "eval" / "v1" / task
+    assert output_dir(cfg) == out
+    assert {p.name for p in out.iterdir()} == {"predictions.jsonl", "metrics.csv",
+                                              "summary.json", "config.yaml"}
+    preds, rows, written = read_outputs(out)
+    assert written == json.loads(json.dumps(summary))
+
+    # predictions: one line per example, file order
+    assert len(preds) == EXPECTED_ROWS[task]
+    for p in preds:
+        for key in ("id", "prediction", "reference", "metrics", "context_tokens",
+                    "memory_tokens", "memory_slots", "compression_rate", "prompt_tokens",
+                    "generated_tokens", "timings"):
+            assert key in p, key
+        assert set(p["timings"]) >= {"compress_s", "generate_s", "latency_s"}
+        assert p["context_tokens"] > 0
+        assert set(TASK_METRICS[task]) <= set(p["metrics"])
+        if model_type == "icae":
+            assert 0 < p["memory_slots"] == p["memory_tokens"] < p["context_tokens"] + 4
+        else:
+            assert p["memory_slots"] == 0 and p["memory_tokens"] == p["context_tokens"]
+            assert p["timings"]["compress_s"] == 0.0
+    if task == "ae":
+        assert [p["id"] for p in preds] == ["p0", "p1", "p2"]
+        assert preds[0]["reference"] == TEXTS[0]
+        # budget: the reference and its end token, whatever max_new_tokens says
+        assert all(p["generated_tokens"] <= p["context_tokens"] + 1 for p in preds)
+    else:
+        if task == "qa":
+            assert preds[0]["references"] == ["Alice", "alice"]
+        if task in ("qa", "repoqa"):
+            assert all(p["generated_tokens"] <= 4 for p in preds)
+    if task == "trajectories":
+        assert [(p["trajectory_id"], p["turn"]) for p in preds] == [
+            ("t0", 1), ("t0", 2), ("t0", 3), ("t1", 1), ("t1", 2), ("t1", 3)]
+        assert preds[0]["reference"] == "run x"
+        assert [p["context_tokens"] for p in preds[:3]] == sorted(
+            p["context_tokens"] for p in preds[:3])
+        for p in preds:
+            assert p["teacher_forced_tokens"] >= 2
+            assert 0 <= p["metrics"]["tf_token_accuracy"] <= 1
+            assert p["metrics"]["tf_loss"] > 0
+
+    # metrics.csv: long format, fixed columns, one description per run
+    assert list(rows[0]) == list(CSV_COLUMNS)
+    names = {r["metric"] for r in rows}
+    assert set(TASK_METRICS[task]) <= names
+    assert {"num_examples", "context_tokens_total", "memory_tokens_total",
+            "compression_rate", "compress_time_s", "generate_time_s", "latency_s",
+            "tokens_per_second"} <= names
+    for r in rows:
+        assert (r["run"], r["variant"], r["task"], r["model_type"]) == ("r1", "v1", task,
+                                                                        model_type)
+        assert r["checkpoint"] == ""
+        if model_type == "icae":
+            assert (r["mem_size"], r["compression_rate"], r["position_layout"]) == (
+                "4", "2.0", "epl")
+        else:
+            assert r["mem_size"] == r["compression_rate"] == r["position_layout"] == ""
+    by_name = {r["metric"]: r for r in rows}
+    assert int(by_name["num_examples"]["value"]) == len(preds)
+    rate = float(by_name["compression_rate"]["value"])
+    assert rate > 1 if model_type == "icae" else rate == 1.0
+    assert float(by_name["tokens_per_second"]["value"]) > 0
+    if task == "repoqa":
+        assert "pass@0.8[position_ratio=0.5]" in names
+    if task == "trajectories":
+        assert {"trajectory_ar_bleu1", "tf_token_accuracy[turn=2]",
+                "compression_rate[turn=1]", "num_trajectories"} <= names
+        assert by_name["num_trajectories"]["value"] == "2"
+    for name in TASK_METRICS[task]:
+        assert summary["metrics"][name] is not None
+        assert summary["n"][name] == len(preds)
+
+
+def test_truncate_baseline_uses_icae_budget(env, tmp_path, tiny_tok):
+    common = ("evaluation.task=trajectories", "model.min_compress_len=8")
+    icae = evaluate(make_cfg(env, tmp_path / "icae", *common))
+    trunc = evaluate(make_cfg(env, tmp_path / "trunc", *common, "model.model_type=llm",
+                              "evaluation.baseline=truncate"))
+    full = evaluate(make_cfg(env, tmp_path / "full", *common, "model.model_type=llm"))
+    p_icae, _, _ = read_outputs(Path(icae["output_dir"]))
+    p_trunc, rows, _ = read_outputs(Path(trunc["output_dir"]))
+    p_full, _, _ = read_outputs(Path(full["output_dir"]))
+    for a, b, c in zip(p_icae, p_trunc, p_full):
+        assert a["context_tokens"] == b["context_tokens"] == c["context_tokens"]
+        # same budget as ICAE (memory slots + the short observation it keeps as text)
+        assert b["memory_tokens"] == a["memory_tokens"] < c["memory_tokens"]
+        assert b["prompt_tokens"] < c["prompt_tokens"]
+        assert b["memory_slots"] == 0
+    # turn 3 has the short observation that neither compresses nor truncates
+    short = len(tiny_tok("short", add_special_tokens=False)["input_ids"])
+    assert 0 < short < 8
+    assert p_icae[2]["memory_tokens"] == p_icae[2]["memory_slots"] + short
+    assert trunc["metrics"]["compression_rate"] == pytest.approx(
+        icae["metrics"]["compression_rate"])
+    assert {(r["baseline"], r["mem_size"], r["compression_rate"], r["position_layout"])
+            for r in rows} == {("truncate", "4", "2.0", "")}
+
+
+@pytest.mark.parametrize("task", ["qa", "repoqa"])
+def test_no_context_baseline(env, tmp_path, task):
+    base = evaluate(make_cfg(env, tmp_path / "full", f"evaluation.task={task}",
+                             "model.model_type=llm", "evaluation.num_samples=1"))
+    none = evaluate(make_cfg(env, tmp_path / "none", f"evaluation.task={task}",
+                             "model.model_type=llm", "evaluation.baseline=no_context",
+                             "evaluation.num_samples=1"))
+    (p_base,), _, _ = read_outputs(Path(base["output_dir"]))
+    (p_none,), rows, _ = read_outputs(Path(none["output_dir"]))
+    assert p_none["memory_tokens"] == 0 and p_none["compression_rate"] is None
+    assert p_none["context_tokens"] == p_base["context_tokens"] > 0
+    assert p_none["prompt_tokens"] < p_base["prompt_tokens"] - p_base["context_tokens"] + 3
+    assert none["metrics"]["compression_rate"] is None
+    by_name = {r["metric"]: r for r in rows}
+    assert by_name["compression_rate"]["value"] == ""
+    assert by_name["memory_tokens_total"]["value"] == "0"
+
+
+def test_context_policy_budgets():
+    from icae.config import ModelConfig
+
+    cfg = ModelConfig(model_type="llm", mem_size=4, mean_compression_rate=2.0,
+                      min_compress_len=3)
+    trunc = ContextPolicy(cfg, "truncate")
+    # ceil(L / 8) segments of 4 slots; never more than the context; short ones stay whole
+    assert [trunc.visible(n) for n in (0, 2, 3, 5, 8, 9, 17)] == [0, 2, 3, 4, 4, 8, 12]
+    from icae.models.templates import Context, Text
+
+    pieces = [Text((1, 2)), Context(tuple(range(10, 27))), Context((5, 6)), Text((3,))]
+    assert trunc.apply(pieces) == [Text((1, 2)), Context(tuple(range(10, 22))),
+                                   Context((5, 6)), Text((3,))]
+    assert ContextPolicy(cfg, "no_context").apply(pieces) == [Text((1, 2)), Text((3,))]
+    icae = ContextPolicy(ModelConfig(mem_size=4, mean_compression_rate=2.0,
+                                     min_compress_len=3), "none")
+    assert icae.account([17, 2]) == {"context_tokens": 19, "memory_tokens": 14,
+                                     "memory_slots": 12, "compression_rate": 19 / 14}
+
+
+def test_policy_matches_model_memory_slots(tiny_tok):
+    from tests.conftest import make_icae
+
+    model = make_icae(tiny_tok, mem_size=4, rate=1.5, min_compress_len=5)
+    policy = ContextPolicy(model.cfg)
+    for n in (0, 1, 4, 5, 6, 7, 12, 13, 40):
+        expected = model.num_memory_slots(n) if model.compresses(n) else 0
+        assert policy.memory_slots(n) == expected
+        assert policy.compresses(n) == model.compresses(n)
+
+
+def test_teacher_forced_scores_match_model_loss(tiny_tok):
+    from icae.evaluation.run import teacher_forced_scores
+    from icae.evaluation.tasks import Example
+    from icae.models.base import collate
+    from icae.models.templates import context_slot
+    from tests.conftest import make_icae
+
+    model = make_icae(tiny_tok).eval()
+    pb = model.prompts
+    examples = []
+    for text, answer in ((TEXTS[0], "ok then"), (TEXTS[1] + TEXTS[2], "run x now please")):
+        msgs = [{"role": "user", "content": context_slot(0)}]
+        pieces = pb.chat(msgs, [pb.encode(text)], answer=answer)
+        n_labels = model.encode(pieces).num_target_tokens
+        examples.append(Example(id=answer, prompt=[], reference=answer, max_new_tokens=1,
+                                context_lengths=[], teacher_forced=pieces, tf_tokens=n_labels))
+    got = teacher_forced_scores(model, examples, batch_size=2, progress=False)
+    with torch.no_grad():
+        for ex, res in zip(examples, got):
+            batch = collate([model.encode(ex.teacher_forced)], model.pad_id)
+            assert res["metrics"]["tf_loss"] == pytest.approx(float(model(**batch)["loss"]),
+                                                              abs=1e-4)
+            assert res["tokens"] == ex.tf_tokens
+            hidden = model(**{k: v for k, v in batch.items() if k != "labels"})[
+                "hidden_states"]
+            logits = model.lm_head(hidden[0, :-1])
+            y = batch["labels"][0, 1:]
+            sel = y != -100
+            acc = (logits[sel].argmax(-1) == y[sel]).float().mean()
+            assert res["metrics"]["tf_token_accuracy"] == pytest.approx(float(acc))
+
+
+def test_checkpoint_num_samples_and_determinism(env, tmp_path):
+    from icae.models import build_model
+    from icae.models.checkpoint import save_checkpoint
+
+    cfg = make_cfg(env, tmp_path / "a", "evaluation.task=qa", "evaluation.num_samples=2",
+                   "evaluation.progress=true")
+    model = build_model(cfg.model)
+    with torch.no_grad():
+        model.extra_embeddings.mul_(2.0)
+    ckpt = save_checkpoint(model, tmp_path / "ckpt")
+    runs = []
+    for name in ("a", "b"):
+        c = make_cfg(env, tmp_path / name, "evaluation.task=qa", "evaluation.num_samples=2",
+                     f"evaluation.checkpoint={ckpt}",
+                     f"evaluation.output_dir={tmp_path / name / 'out'}")
+        summary = evaluate(c)
+        assert summary["checkpoint"] == str(ckpt)
+        assert summary["checkpoint_meta"]["mem_size"] == 4
+        preds, rows, _ = read_outputs(tmp_path / name / "out")
+        assert {r["checkpoint"] for r in rows} == {str(ckpt)}
+        runs.append(preds)
+    assert [p["id"] for p in runs[0]] == ["q0", "q1"]  # first N in file order
+    assert [p["prediction"] for p in runs[0]] == [p["prediction"] for p in runs[1]]
+
+
+# ---------------------------------------------------------------------------------------
+# Bad inputs
+
+
+def test_missing_checkpoint(env, tmp_path):
+    missing = tmp_path / "nope"
+    cfg = make_cfg(env, tmp_path, f"evaluation.checkpoint={missing}")
+    with pytest.raises(FileNotFoundError, match=str(missing)):
+        evaluate(cfg)
+    (tmp_path / "empty").mkdir()
+    cfg = make_cfg(env, tmp_path, f"evaluation.checkpoint={tmp_path / 'empty'}")
+    with pytest.raises(FileNotFoundError, match="not a checkpoint"):
+        evaluate(cfg)
+
+
+def test_mismatched_checkpoint(env, tmp_path):
+    from icae.models import build_model
+    from icae.models.checkpoint import save_checkpoint
+
+    model = build_model(make_cfg(env, tmp_path).model)
+    ckpt = save_checkpoint(model, tmp_path / "ckpt")
+    with pytest.raises(ValueError, match="mem_size is 4 in the checkpoint but 8 here"):
+        evaluate(make_cfg(env, tmp_path, f"evaluation.checkpoint={ckpt}", "model.mem_size=8"))
+    with pytest.raises(ValueError, match="model_type is 'icae' in the checkpoint"):
+        evaluate(make_cfg(env, tmp_path, f"evaluation.checkpoint={ckpt}",
+                          "model.model_type=llm"))
+
+
+@pytest.mark.parametrize("content, error, match", [
+    ("", ValueError, "squad/eval.jsonl: the evaluation data set is empty"),
+    ("\n\n", ValueError, "the evaluation data set is empty"),
+    ('{"id": 1}\n', ValueError, "eval.jsonl:1: record lacks field.*context, question"),
+    ('{"id": 1, \n', ValueError, r"eval.jsonl:1: malformed JSON"),
+    (None, FileNotFoundError, "squad/eval.jsonl: evaluation data for task 'qa' is missing"),
+])
+def test_bad_data(env, tmp_path, content, error, match):
+    data = tmp_path / "prepared"
+    if content is not None:
+        (data / "squad").mkdir(parents=True)
+        (data / "squad/eval.jsonl").write_text(content)
+    cfg = make_cfg(env, tmp_path, f"data.prepared_dir={data}")
+    with pytest.raises(error, match=match):
+        evaluate(cfg)
+    assert not (tmp_path / "run").exists()  # nothing written
+
+
+def test_trajectories_without_turns(env, tmp_path):
+    data = tmp_path / "prepared"
+    _write_jsonl(data / "trajectories/eval.jsonl", [{"id": "x", "messages": [
+        {"role": "user", "content": "hi", "compress": False},
+        {"role": "assistant", "content": "hello", "compress": False}]}])
+    cfg = make_cfg(env, tmp_path, f"data.prepared_dir={data}", "evaluation.task=trajectories")
+    with pytest.raises(ValueError, match="at least two assistant messages"):
+        evaluate(cfg)
+
+
+def test_cli_reports_errors(env, tmp_path, capsys):
+    from icae.cli import main
+
+    args = ["evaluate", f"model.model_dir={env['model_dir']}", "model.mem_size=4",
+            "model.lora_r=4", f"data.prepared_dir={tmp_path / 'none'}",
+            f"output_root={tmp_path}"]
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    assert exc.value.code == 1
+    assert "icae evaluate: error:" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(args + ["evaluation.baseline=truncate"])
+    assert exc.value.code == 2
+    assert "set model.model_type=llm" in capsys.readouterr().err

@@ -145,3 +145,23 @@ def test_placeholder_count_mismatch_is_an_error(tiny_tok):
     enc.position_ids.append(0)
     with pytest.raises(ValueError, match="memory placeholders"):
         model(**collate([enc], model.pad_id))
+
+
+@pytest.mark.parametrize("train_decoder", [False, True])
+def test_gradient_checkpointing_gives_the_same_gradients(tiny_tok, train_decoder):
+    # Recomputation must see each pass's adapter state (encoder: LoRA on; decoder: off or
+    # its own adapter). float32: gradients agree to 1e-5.
+    ctx = _text_ids(tiny_tok, "The quick brown fox jumps over the lazy dog. Alice was")
+    grads = []
+    for checkpointing in (False, True):
+        model = make_icae(tiny_tok, train_decoder=train_decoder, seed=3)
+        model.train()
+        if checkpointing:
+            model.gradient_checkpointing_enable()
+        batch = collate([model.encode(model.prompts.autoencoding(ctx), task=0)], model.pad_id)
+        model(**batch)["loss"].backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()
+                      if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 1
+    for n in grads[0]:
+        torch.testing.assert_close(grads[0][n], grads[1][n], atol=1e-5, rtol=1e-4)

@@ -3,7 +3,7 @@ encoding into padded batches, loss on labelled tokens only, and batched greedy d
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Sequence
 
@@ -85,6 +85,11 @@ class LoRAWrappedModel(nn.Module):
         for name in self.adapter_names[1:]:
             self.peft.add_adapter(name, lora)
         self._mark_trainable()
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        self._tuner_layers = [m for m in self.peft.modules() if isinstance(m, BaseTunerLayer)]
+        self._adapter_state = (False, self.adapter_names[0])
+        self._apply_adapter_state(self._adapter_state)
         self.vocab_size = base_model.get_input_embeddings().num_embeddings
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.stop_ids = self.prompts.stop_token_ids()
@@ -94,7 +99,6 @@ class LoRAWrappedModel(nn.Module):
         return "lora_" in name
 
     def _mark_trainable(self) -> None:
-        # peft's set_adapter freezes inactive adapters; every adapter we own is trained.
         for name, p in self.named_parameters():
             p.requires_grad_(self._is_trained(name))
 
@@ -124,21 +128,41 @@ class LoRAWrappedModel(nn.Module):
         return self.base.get_input_embeddings().weight.dtype
 
     def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None):
-        kwargs = gradient_checkpointing_kwargs or {"use_reentrant": False}
+        kwargs = dict(gradient_checkpointing_kwargs or {})
+        kwargs["use_reentrant"] = False
+        # The encoder and decoder passes run the same layers with different adapter states;
+        # recomputation in the backward pass must see the state of its forward pass.
+        kwargs["context_fn"] = self._checkpoint_contexts
         self.base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
         self.base.config.use_cache = False
 
+    def _checkpoint_contexts(self):
+        state = self._adapter_state
+        return nullcontext(), self._adapter_state_context(state)
+
+    def _apply_adapter_state(self, state: tuple[bool, str]) -> None:
+        # Set the LoRA layers' flags directly: peft's set_adapter / disable_adapter also
+        # flip requires_grad, which would freeze whichever adapter is not active.
+        disabled, name = state
+        for layer in self._tuner_layers:
+            layer._disable_adapters = disabled
+            layer._active_adapter = name
+        self._adapter_state = state
+
     @contextmanager
-    def adapter(self, name: str | None) -> Iterator[None]:
+    def _adapter_state_context(self, state: tuple[bool, str]) -> Iterator[None]:
+        previous = self._adapter_state
+        self._apply_adapter_state(state)
+        try:
+            yield
+        finally:
+            self._apply_adapter_state(previous)
+
+    def adapter(self, name: str | None):
         """Run with adapter ``name`` active, or with every adapter disabled (``None``)."""
         if name is None:
-            with self.peft.disable_adapter():
-                yield
-            return
-        if self.peft.active_adapter != name:
-            self.peft.set_adapter(name)
-            self._mark_trainable()
-        yield
+            return self._adapter_state_context((True, self._adapter_state[1]))
+        return self._adapter_state_context((False, name))
 
     # -- embeddings and loss ----------------------------------------------------------------
     def embed_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:

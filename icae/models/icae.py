@@ -36,7 +36,8 @@ class ICAE(LoRAWrappedModel):
         emb = base_model.get_input_embeddings().weight.detach().float()
         hidden = emb.shape[1]
         # Start the learned slots at the scale of real token embeddings.
-        init = torch.randn(m + len(MARKER_INDEX), hidden) * emb.std() + emb.mean()
+        init = torch.randn(m + len(MARKER_INDEX), hidden, device=emb.device)
+        init = init * emb.std() + emb.mean()
         self.extra_embeddings = nn.Parameter(init)
         self.mem_size = m
         self.rate = cfg.mean_compression_rate

@@ -88,18 +88,24 @@ def _time_mode(cfg: ExperimentConfig, mode: str, steps: int) -> dict:
     dtype = torch.bfloat16 if cfg.pretrain.bf16 else None
     model.train()
 
-    def one_step(batch_examples):
+    def one_step(batch_examples) -> float:
         opt.zero_grad(set_to_none=True)
+        total = 0.0
         for i in range(0, len(batch_examples), batch_size):
             chunk = batch_examples[i:i + batch_size]
             batch = {k: v.to(device) for k, v in collate(chunk, model.pad_id).items()}
             n_items = sum(e.num_target_tokens for e in batch_examples)
             with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
                 out = step_fn(**batch)
-            (out["loss"] * out["num_tokens"] / n_items).backward()
+            loss = out["loss"] * out["num_tokens"] / n_items
+            loss.backward()
+            total += float(loss.detach())
         opt.step()
+        return total
 
-    one_step(examples[:per_step])  # warm-up: kernels, allocator
+    # Warm-up (kernels, allocator). Same seed, same examples: its loss must agree between
+    # modes up to rounding, which checks batched against per-segment compression.
+    first_loss = one_step(examples[:per_step])
     if device.type == "cuda":
         torch.cuda.synchronize()
     t0 = time.perf_counter()
@@ -114,6 +120,7 @@ def _time_mode(cfg: ExperimentConfig, mode: str, steps: int) -> dict:
         "context_tokens": length, "mem_size": cfg.model.mem_size,
         "compression_rate": cfg.model.mean_compression_rate,
         "seconds_per_step": elapsed / steps,
+        "first_step_loss": first_loss,
         "context_tokens_per_s": steps * per_step * length / elapsed,
         "peak_gpu_mem_gib": (torch.cuda.max_memory_allocated() / 2**30
                              if device.type == "cuda" else None),

@@ -31,8 +31,8 @@ from typing import Any, Callable
 
 from icae.data.io import iter_jsonl
 from icae.models import positions as P
-from icae.models.templates import (Context, Piece, context_slot, qa_messages,
-                                   repoqa_messages)
+from icae.models.templates import (Context, Piece, compressed_conversation, context_slot,
+                                   qa_messages, repoqa_messages)
 from icae.evaluation import metrics as M
 
 AE_LLM_INSTRUCTION = "Repeat the following text exactly:\n\n"
@@ -260,14 +260,7 @@ def build_trajectories(rows: list[dict], ctx: TaskContext) -> list[Example]:
             raise ValueError(f"trajectory {row['id']!r}: messages must be a list")
         assistant = [i for i, m in enumerate(messages) if m.get("role") == "assistant"]
         for turn, idx in enumerate(assistant[1:][:max_turns], 1):
-            msgs: list[dict] = []
-            contexts: list[list[int]] = []
-            for m in messages[:idx]:
-                if m.get("role") == "user" and m.get("compress"):
-                    msgs.append({"role": "user", "content": context_slot(len(contexts))})
-                    contexts.append(ctx.prompts.encode(m["content"]))
-                else:
-                    msgs.append({"role": m["role"], "content": m["content"]})
+            msgs, contexts = compressed_conversation(messages[:idx], ctx.prompts.encode)
             target = messages[idx]["content"]
             target_ids = ctx.prompts.encode(ctx.prompts.target_text(msgs, target))
             ref_ids, stopped = _cut_at_stop(target_ids, stops)

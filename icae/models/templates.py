@@ -210,6 +210,20 @@ def repoqa_messages(description: str, instruction: str, compressed: bool) -> lis
              f"```\n{context_slot(0)}\n```{ft}\n\n{instruction}\n\nDescription:\n{description}"}]
 
 
+def compressed_conversation(messages: list[dict], encode) -> tuple[list[dict], list[list[int]]]:
+    """Agent-trajectory layout: each message flagged ``compress`` (an observation) becomes a
+    context slot holding its tokens; everything else stays text. ICAE compresses those
+    contexts (memory accumulates across turns); the baseline reads them as text."""
+    out, contexts = [], []
+    for msg in messages:
+        if msg.get("compress"):
+            out.append({"role": msg["role"], "content": context_slot(len(contexts))})
+            contexts.append(encode(msg["content"]))
+        else:
+            out.append({"role": msg["role"], "content": msg["content"]})
+    return out, contexts
+
+
 def strip_markers(pieces: list[Piece]) -> list[Piece]:
     """The plain-LLM view of a prompt: no learned markers."""
     return [p for p in pieces if not isinstance(p, Marker)]

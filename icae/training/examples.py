@@ -13,7 +13,8 @@ from pathlib import Path
 
 from icae.config import ExperimentConfig
 from icae.models.base import EncodedPrompt
-from icae.models.templates import (Piece, context_slot, qa_messages, repoqa_messages)
+from icae.models.templates import (Piece, compressed_conversation, qa_messages,
+                                   repoqa_messages)
 
 log = logging.getLogger(__name__)
 
@@ -46,19 +47,6 @@ def repoqa_pieces(model, rec: dict, instruction: str, answer: str | None) -> lis
     return model.prompts.chat(msgs, [ctx], answer=answer)
 
 
-def trajectory_messages(model, messages: list[dict]) -> tuple[list[dict], list[list[int]]]:
-    """Replace each observation marked ``compress`` by a context slot (ICAE and baseline
-    alike: the baseline inlines the context text again)."""
-    out, contexts = [], []
-    for msg in messages:
-        if msg.get("compress"):
-            out.append({"role": msg["role"], "content": context_slot(len(contexts))})
-            contexts.append(model.prompts.encode(msg["content"]))
-        else:
-            out.append({"role": msg["role"], "content": msg["content"]})
-    return out, contexts
-
-
 def first_target_index(messages: list[dict]) -> int:
     """Targets are the assistant turns after the first user/assistant exchange."""
     seen = 0
@@ -72,7 +60,7 @@ def first_target_index(messages: list[dict]) -> int:
 
 def trajectory_pieces(model, rec: dict, upto: int | None = None) -> list[Piece]:
     messages = rec["messages"][:upto] if upto else rec["messages"]
-    msgs, contexts = trajectory_messages(model, messages)
+    msgs, contexts = compressed_conversation(messages, model.prompts.encode)
     return model.prompts.conversation(msgs, contexts,
                                       first_trained_message=first_target_index(messages))
 

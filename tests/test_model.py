@@ -165,3 +165,17 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_tok, train_decoder
     assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 1
     for n in grads[0]:
         torch.testing.assert_close(grads[0][n], grads[1][n], atol=1e-5, rtol=1e-4)
+
+
+def test_chunked_loss_equals_the_plain_loss(tiny_tok):
+    ctx = _text_ids(tiny_tok, "The quick brown fox jumps over the lazy dog. Alice was")
+    results = []
+    for chunk in (10_000, 7):
+        model = make_icae(tiny_tok, seed=5)
+        model.loss_chunk_tokens = chunk
+        batch = collate([model.encode(model.prompts.autoencoding(ctx), task=0)], model.pad_id)
+        out = model(**batch)
+        out["loss"].backward()
+        results.append((out["loss"].item(), model.extra_embeddings.grad.clone()))
+    assert results[0][0] == pytest.approx(results[1][0], rel=1e-6)
+    torch.testing.assert_close(results[0][1], results[1][1], atol=1e-6, rtol=1e-5)

@@ -164,6 +164,30 @@ class LoRAWrappedModel(nn.Module):
             return self._adapter_state_context((True, self._adapter_state[1]))
         return self._adapter_state_context((False, name))
 
+    # Labelled tokens per chunk of the LM head + cross-entropy; with gradients each chunk
+    # is recomputed in the backward pass, so fp32 logits over the vocabulary never exist for
+    # more than this many tokens at once (150k-token vocabularies make them the largest
+    # activation of a long autoencoding target).
+    loss_chunk_tokens: int = 2048
+
+    def _ce_chunk(self, h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(self.lm_head(h).float(), y, reduction="none")
+
+    def _token_losses(self, h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        from torch.utils.checkpoint import checkpoint
+
+        n = self.loss_chunk_tokens
+        if h.shape[0] <= n:
+            return self._ce_chunk(h, y)
+        parts = []
+        for i in range(0, h.shape[0], n):
+            if torch.is_grad_enabled():
+                parts.append(checkpoint(self._ce_chunk, h[i:i + n], y[i:i + n],
+                                        use_reentrant=False))
+            else:
+                parts.append(self._ce_chunk(h[i:i + n], y[i:i + n]))
+        return torch.cat(parts)
+
     # -- embeddings and loss ----------------------------------------------------------------
     def embed_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
         emb = self.base.get_input_embeddings()
@@ -177,8 +201,7 @@ class LoRAWrappedModel(nn.Module):
         h = hidden[:, :-1]
         y = labels[:, 1:]
         sel = y != IGNORE
-        logits = self.lm_head(h[sel]).float()
-        per_token = F.cross_entropy(logits, y[sel], reduction="none")
+        per_token = self._token_losses(h[sel], y[sel])
         count = sel.sum()
         denom = num_items_in_batch if num_items_in_batch is not None else count.clamp(min=1)
         if isinstance(denom, torch.Tensor):

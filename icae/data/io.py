@@ -131,11 +131,30 @@ def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> int:
                 for row in rows:
                     raw.write((json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8"))
                     n += 1
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the usual mode
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return n
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def relax_permissions(root: str | os.PathLike) -> None:
+    """Give a folder built through temporary files (0700 / 0600) the usual permissions
+    (0777 / 0666 minus the umask), as if it had been created directly."""
+    umask = _umask()
+    root = Path(root)
+    for path in [root, *root.rglob("*")]:
+        if path.is_symlink():
+            continue
+        mode = 0o777 if path.is_dir() else 0o666
+        os.chmod(path, mode & ~umask)
 
 
 def require_fields(row: dict, fields: dict[str, type | tuple[type, ...]]) -> str | None:

@@ -1,0 +1,157 @@
+import json
+from pathlib import Path
+
+import pytest
+
+from icae.config import config_from_dict, load_config
+from icae.data.io import DataError, read_jsonl
+from icae.data.prepare import configured_sets, run
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLES = REPO / "data" / "samples"
+FIX = Path(__file__).resolve().parent / "fixtures" / "data"
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """A prepared-model folder as far as data preparation needs one: tokenizer + config."""
+    from icae.testing import tiny_tokenizer
+
+    path = tmp_path_factory.mktemp("tiny") / "model"
+    tiny_tokenizer().save_pretrained(path)
+    (path / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    return path
+
+
+def sample_cfg(model_dir, out, **data):
+    d = {
+        "prepared_dir": str(out),
+        "progress": False,
+        "pretrain": {"sources": [{"path": str(SAMPLES / "pretrain/train.jsonl.gz")}],
+                     "eval_sources": [{"path": str(SAMPLES / "pretrain/eval.jsonl.gz")}],
+                     "min_len": 128, "token_num": 20000, "eval_size": 8,
+                     "max_examples_per_doc": 4},
+        "squad": {"train_file": str(SAMPLES / "squad/train-v1.1-sample.json"),
+                  "eval_file": str(SAMPLES / "squad/dev-v1.1-sample.json"), "eval_size": 50},
+        "repoqa": {"train_tasks_file": str(SAMPLES / "repoqa/train.jsonl.gz"),
+                   "release_file": str(SAMPLES / "repoqa/eval.jsonl.gz"),
+                   "num_train": 8, "num_eval": 4},
+        "trajectories": {"train_file": str(SAMPLES / "trajectories/train.jsonl.gz"),
+                         "eval_file": str(SAMPLES / "trajectories/eval.jsonl.gz"),
+                         "max_trajectories_train": 2, "max_observation_tokens": 256,
+                         "max_target_tokens": 128, "max_turns": 6},
+    }
+    d.update(data)
+    return config_from_dict({"seed": 7, "model": {"model_dir": str(model_dir)}, "data": d})
+
+
+def test_prepare_every_set_from_the_samples(model_dir, tmp_path):
+    cfg = sample_cfg(model_dir, tmp_path / "prepared")
+    summaries = run(cfg)
+    assert list(summaries) == ["pretrain", "squad", "repoqa", "trajectories"]
+    out = tmp_path / "prepared"
+    keys = {
+        "pretrain": {"id", "task", "context_ids", "continuation_ids", "source"},
+        "squad": {"id", "title", "context", "question", "answers"},
+        "repoqa": {"id", "language", "repo", "context", "description", "needle_name",
+                   "needle_code", "position_ratio", "context_tokens"},
+        "trajectories": {"id", "messages", "cut"},
+    }
+    for name, want in keys.items():
+        summary = json.loads((out / name / "summary.json").read_text())
+        assert summary["set"] == name and summary["seed"] == 7
+        for split in ("train", "eval"):
+            rows = read_jsonl(out / name / f"{split}.jsonl")
+            assert rows, (name, split)
+            assert summary["files"][f"{split}.jsonl"] == len(rows)
+            for row in rows:
+                assert want <= set(row), (name, split, set(row))
+    pre = read_jsonl(out / "pretrain/train.jsonl")
+    assert {r["task"] for r in pre} == {"ae", "lm"}
+    assert all(isinstance(i, int) for i in pre[0]["context_ids"])
+    sq = read_jsonl(out / "squad/eval.jsonl")
+    assert len(sq) == 50 and any(len(r["answers"]) > 1 for r in sq)
+    traj = read_jsonl(out / "trajectories/train.jsonl")
+    assert len(traj) == 2
+    assert all("compress" in m for r in traj for m in r["messages"])
+    assert sum(m["role"] == "assistant" for m in traj[0]["messages"]) <= 6
+    assert len(read_jsonl(out / "repoqa/train.jsonl")) == 8
+    assert len(read_jsonl(out / "repoqa/eval.jsonl")) == 4
+
+
+def test_deterministic_and_build_selection(model_dir, tmp_path):
+    a = sample_cfg(model_dir, tmp_path / "a", build=["pretrain", "trajectories"])
+    b = sample_cfg(model_dir, tmp_path / "b", build=["pretrain", "trajectories"])
+    assert configured_sets(a) == ["pretrain", "trajectories"]
+    run(a)
+    run(b)
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["pretrain", "trajectories"]
+    for name in ("pretrain/train.jsonl", "pretrain/eval.jsonl", "trajectories/train.jsonl"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+
+
+def test_repoqa_from_source_dirs(model_dir, tmp_path):
+    cfg = sample_cfg(model_dir, tmp_path / "p", build=["repoqa"],
+                     repoqa={"source_dirs": [str(FIX / "repoqa/minipkg")], "num_train": 4,
+                             "num_eval": 2, "context_tokens": 800})
+    run(cfg)
+    train = read_jsonl(tmp_path / "p/repoqa/train.jsonl")
+    ev = read_jsonl(tmp_path / "p/repoqa/eval.jsonl")
+    assert len(train) == 4 and len(ev) == 2
+    assert not {t["needle_name"] for t in train} & {t["needle_name"] for t in ev}
+
+
+def test_nothing_to_build_and_atomic_failure(model_dir, tmp_path):
+    empty = config_from_dict({"model": {"model_dir": str(model_dir)},
+                              "data": {"prepared_dir": str(tmp_path / "x")}})
+    with pytest.raises(DataError, match="nothing to build"):
+        run(empty)
+    cfg = sample_cfg(model_dir, tmp_path / "p", build=["squad"])
+    run(cfg)
+    before = (tmp_path / "p/squad/train.jsonl").read_bytes()
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"data": [{"title": "t", "paragraphs": [{"context": "", "qas": []}]}]}')
+    broken = sample_cfg(model_dir, tmp_path / "p", build=["squad"],
+                        squad={"train_file": str(bad),
+                               "eval_file": str(SAMPLES / "squad/dev-v1.1-sample.json")})
+    with pytest.raises(DataError, match=r"bad\.json: data\[0\]\.paragraphs\[0\]: empty"):
+        run(broken)
+    assert (tmp_path / "p/squad/train.jsonl").read_bytes() == before
+    assert sorted(p.name for p in (tmp_path / "p").iterdir()) == ["squad"]  # no temp folders
+
+
+def test_unconfigured_split_is_an_empty_file(model_dir, tmp_path):
+    cfg = sample_cfg(model_dir, tmp_path / "p", build=["squad"],
+                     squad={"eval_file": str(SAMPLES / "squad/dev-v1.1-sample.json")})
+    summary = run(cfg)["squad"]
+    assert summary["empty_splits"] == ["train"] and summary["files"]["train.jsonl"] == 0
+    assert (tmp_path / "p/squad/train.jsonl").read_text() == ""
+    assert len(read_jsonl(tmp_path / "p/squad/eval.jsonl")) == 103
+
+
+@pytest.mark.parametrize("override, message", [
+    ("data.build=[pretrain,sqad]", "data.build[1]: must be one of"),
+    ("data.pretrain.len_jitter=1.5", "data.pretrain.len_jitter: must be in [0, 1)"),
+    ("data.pretrain.max_examples_per_doc=0", "data.pretrain.max_examples_per_doc"),
+    ("data.trajectories.max_turns=0", "data.trajectories.max_turns: must be >= 1 or null"),
+    ("data.repoqa.position_ratios=[]", "data.repoqa.position_ratios: must not be empty"),
+    ("data.squad.eval_size=-1", "data.squad.eval_size: must be >= 0 or null"),
+])
+def test_config_validation(override, message):
+    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")
+                       .replace("(", r"\(").replace(")", r"\)")):
+        load_config(None, [override])
+
+
+def test_cli_reports_bad_input_plainly(model_dir, tmp_path, capsys):
+    from icae.cli import main
+
+    bad = tmp_path / "t.jsonl"
+    bad.write_text('{"messages": [{"role": "user", "content": "hi"}, '
+                   '{"role": "user", "content": "again"}]}\n')
+    with pytest.raises(SystemExit) as exc:
+        main(["prepare-data", f"model.model_dir={model_dir}",
+              f"data.prepared_dir={tmp_path / 'p'}", f"data.trajectories.train_file={bad}"])
+    assert exc.value.code == 1
+    assert f"icae prepare-data: error: {bad}:1: message 1: roles must alternate" in \
+        capsys.readouterr().err

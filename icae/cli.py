@@ -46,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "aggregate":
             p.add_argument("--inputs", nargs="*", default=[], help="metrics CSV files")
             p.add_argument("--out", default=None, help="output folder for tables")
+            p.add_argument("--logs", nargs="*", default=[], metavar="[LABEL=]LOG_CSV",
+                           help="training log.csv files for the loss-curve plot")
         if name == "benchmark":
             p.add_argument("--mode", choices=["ours", "seed-style", "both"], default="both")
             p.add_argument("--steps", type=int, default=5)

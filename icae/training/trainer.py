@@ -217,6 +217,12 @@ def train(model, train_examples, eval_examples, t: TrainingConfig, *, output_dir
                           eval_dataset=eval_examples or None,
                           data_collator=lambda batch: collate(batch, model.pad_id),
                           callbacks=callbacks)
+    if not sys.stderr.isatty() or not t.progress:
+        # LogFileCallback prints the quiet per-log lines; the Trainer's printer would repeat
+        # each one as a dict.
+        from transformers.trainer_callback import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)
     resume = last_checkpoint(resume_dir)
     if resume:
         log.info("resuming from %s", resume)

@@ -1,0 +1,525 @@
+"""Collect ``metrics.csv`` files into paper tables and plots (``icae aggregate``).
+
+Inputs are the long-format metric files written by ``icae evaluate`` (columns run,
+variant, model_type, baseline, base_model, task, dataset, mem_size, compression_rate,
+position_layout, checkpoint, metric, value, n) and, for the loss curves, the ``log.csv``
+files of training runs. Outputs, in ``--out`` (default ``<output_root>/<run_name>/tables``):
+
+* ``metrics_long.csv``: every metric row, with variant and seed;
+* ``metrics_wide.csv`` / ``.md`` / ``.tex``: rows model variant x memory size x
+  compression rate x position layout, columns data set / metric (mean over seeds;
+  Markdown and LaTeX show mean ± std when there are several seeds);
+* ``plots/<task>_vs_compression_rate.png``: each metric against the compression rate;
+* ``plots/training_loss.png``: training (and eval) loss against the step.
+
+Every number comes from the input files. Settings that do not apply are blank in the
+CSV files and a dash in Markdown / LaTeX: the plain LLM has no memory slots or position
+layout, and the truncate baseline (cut to the memory budget) has no layout.
+
+When a file sits where the workflow puts it
+(``<run>/<branch>/eval/<variant>/<task>/metrics.csv``), the variant, task and seed
+missing from its columns are read from the path.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+DATASET_OF_TASK = {"ae": "pretrain", "qa": "squad", "repoqa": "repoqa",
+                   "trajectories": "trajectories"}
+DATASET_ORDER = ["pretrain", "squad", "repoqa", "trajectories"]
+LAYOUT_ORDER = ["default", "linspace", "epl"]
+ROW_KEYS = ["variant", "model_type", "mem_size", "compression_rate", "position_layout"]
+LONG_COLUMNS = ["run", "variant", "model_type", "baseline", "base_model", "mem_size",
+                "compression_rate", "position_layout", "seed", "task", "dataset", "metric",
+                "value", "n", "checkpoint", "source"]
+# Headline metrics per task (the wide tables and plots); metrics_long.csv keeps all.
+DEFAULT_METRICS = {
+    "ae": ["bleu1", "token_accuracy", "exact_match"],
+    "qa": ["exact_match", "f1", "bleu1"],
+    "repoqa": ["similarity", "pass@0.8", "bleu1"],
+    "trajectories": ["ar_bleu1", "ar_token_accuracy", "tf_token_accuracy", "tf_loss"],
+}
+ROW_LABELS = {"variant": "variant", "model_type": "model", "mem_size": "mem",
+              "compression_rate": "rate", "position_layout": "layout"}
+
+_BRANCH = (r"(?:m(?P<mem>\d+)-r(?P<rate>[0-9.]+)-(?P<layout>[A-Za-z]+)-s(?P<seed>-?\d+)"
+           r"|m(?P<bmem>\d+)-r(?P<brate>[0-9.]+)-s(?P<bseed>-?\d+)"
+           r"|llm-s(?P<lseed>-?\d+))")
+_EVAL_PATH = re.compile(
+    rf"(?:^|/)(?P<branch>{_BRANCH})/eval/(?P<variant>[^/]+)/(?P<task>[^/]+)/[^/]+$")
+_LOG_PATH = re.compile(
+    rf"(?:^|/)(?P<branch>{_BRANCH})/(?P<stage>pretrain|finetune/(?P<ft>[^/]+))/[^/]+/[^/]+$")
+
+
+# ---------------------------------------------------------------------------------------
+# Reading.
+
+
+def _path_info(path: str) -> dict[str, Any]:
+    m = _EVAL_PATH.search(Path(path).as_posix())
+    if not m:
+        return {}
+    g = m.groupdict()
+    seed = next((g[k] for k in ("seed", "bseed", "lseed") if g[k] is not None), None)
+    mem = g["mem"] or g["bmem"]
+    rate = g["rate"] or g["brate"]
+    return {"branch": g["branch"], "variant": g["variant"], "task": g["task"],
+            "seed": int(seed) if seed is not None else None,
+            "mem_size": int(mem) if mem else None,
+            "compression_rate": float(rate) if rate else None,
+            "position_layout": g["layout"]}
+
+
+def _is_missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA
+
+
+def _is_truncate(row: pd.Series) -> bool:
+    baseline = row.get("baseline")
+    return (str(row["variant"]).startswith("truncate")
+            or (not _is_missing(baseline) and str(baseline) == "truncate"))
+
+
+def read_metrics(paths: list[str | os.PathLike]) -> pd.DataFrame:
+    """Concatenate metric files into one long table (columns LONG_COLUMNS)."""
+    frames = []
+    for path in paths:
+        path = str(path)
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"metrics file {path} does not exist")
+        try:
+            df = pd.read_csv(path)
+        except pd.errors.EmptyDataError:
+            log.warning("%s is empty; skipped", path)
+            continue
+        missing = {"metric", "value"} - set(df.columns)
+        if missing:
+            raise ValueError(f"{path}: no column(s) {', '.join(sorted(missing))} "
+                             "(expected the long format written by icae evaluate)")
+        info = _path_info(path)
+        for col in LONG_COLUMNS:
+            if col not in df.columns:
+                df[col] = None
+        if "variant" in info:
+            generic = df["variant"].isna() | df["variant"].astype(str).isin(["", "default"])
+            df.loc[generic, "variant"] = info["variant"]
+        df["variant"] = df["variant"].fillna("default")
+        for col in ("task", "seed", "mem_size", "compression_rate", "position_layout"):
+            if info.get(col) is not None:
+                df[col] = df[col].where(df[col].notna(), info[col])
+        df["dataset"] = df["dataset"].where(df["dataset"].notna(),
+                                            df["task"].map(DATASET_OF_TASK))
+        df["source"] = path
+        frames.append(df)
+    if not frames:
+        return pd.DataFrame(columns=LONG_COLUMNS)
+    df = pd.concat(frames, ignore_index=True)
+    df["value"] = pd.to_numeric(df["value"], errors="coerce")
+    # Settings that do not apply to a variant.
+    llm = df["model_type"].astype(str) == "llm"
+    truncate = df.apply(_is_truncate, axis=1) if len(df) else pd.Series(dtype=bool)
+    df.loc[llm, "position_layout"] = None
+    df.loc[llm & ~truncate, ["mem_size", "compression_rate"]] = None
+    df["mem_size"] = pd.to_numeric(df["mem_size"], errors="coerce").astype("Int64")
+    df["compression_rate"] = pd.to_numeric(df["compression_rate"], errors="coerce")
+    df["seed"] = pd.to_numeric(df["seed"], errors="coerce").astype("Int64")
+    df = df[LONG_COLUMNS + [c for c in df.columns if c not in LONG_COLUMNS]]
+    return _sort(df)
+
+
+def _variant_rank(variant: str) -> tuple:
+    v = str(variant)
+    fixed = {"base": 0, "truncate": 1, "no_context": 2, "icae-pretrained": 4}
+    if v in fixed:
+        return (fixed[v], "")
+    if v.startswith("llm-ft-"):
+        return (3, _dataset_rank(v[len("llm-ft-"):]))
+    if v.startswith("icae-ft-"):
+        return (5, _dataset_rank(v[len("icae-ft-"):]))
+    return (6, v)
+
+
+def _dataset_rank(dataset: str) -> str:
+    d = str(dataset)
+    return f"{DATASET_ORDER.index(d):02d}" if d in DATASET_ORDER else f"99{d}"
+
+
+def _layout_rank(layout: Any) -> tuple:
+    if _is_missing(layout):
+        return (-1, "")
+    return (LAYOUT_ORDER.index(layout), "") if layout in LAYOUT_ORDER else (9, str(layout))
+
+
+def _num_rank(value: Any) -> float:
+    return -1.0 if _is_missing(value) else float(value)
+
+
+def _sort(df: pd.DataFrame) -> pd.DataFrame:
+    if df.empty:
+        return df.reset_index(drop=True)
+    key = df.apply(lambda r: (_variant_rank(r["variant"]), str(r["model_type"]),
+                              _num_rank(r["mem_size"]), _num_rank(r["compression_rate"]),
+                              _layout_rank(r["position_layout"]), _num_rank(r["seed"]),
+                              _dataset_rank(r["dataset"])), axis=1)
+    order = sorted(range(len(df)), key=lambda i: key.iloc[i])  # stable: keeps metric order
+    return df.iloc[order].reset_index(drop=True)
+
+
+# ---------------------------------------------------------------------------------------
+# Wide tables.
+
+
+Metrics = list[str] | dict[str, list[str]] | None
+
+
+def _metric_order(long: pd.DataFrame, task: str, metrics: Metrics) -> list[str]:
+    """The metrics of ``task`` to show, in order: ``metrics`` is a list (for every task),
+    a mapping task -> list (tasks not in it: all), or empty (all, in file order)."""
+    found = list(dict.fromkeys(long.loc[long["task"] == task, "metric"].astype(str)))
+    wanted = metrics.get(task) if isinstance(metrics, dict) else metrics
+    if wanted:
+        return [m for m in wanted if m in found]
+    return found
+
+
+def select_metrics(long: pd.DataFrame, metrics: Metrics) -> tuple[pd.DataFrame,
+                                                                  dict[str, list[str]]]:
+    """The rows of the selected metrics, and the metric order per data set."""
+    order: dict[str, list[str]] = {}
+    keep = pd.Series(False, index=long.index)
+    for task in long["task"].dropna().unique():
+        names = _metric_order(long, task, metrics)
+        rows = (long["task"] == task) & long["metric"].astype(str).isin(names)
+        keep |= rows
+        for dataset in long.loc[rows, "dataset"].dropna().unique():
+            order.setdefault(str(dataset), [])
+            order[str(dataset)] += [m for m in names if m not in order[str(dataset)]]
+    return long[keep], order
+
+
+def wide_table(long: pd.DataFrame, metrics: Metrics = None) -> pd.DataFrame:
+    """Rows ROW_KEYS, columns (dataset, metric, stat) with stat in mean/std/seeds."""
+    df, order = select_metrics(long, metrics)
+    df = df.copy()
+    if df.empty:
+        return pd.DataFrame()
+    sentinel = "\x00na"
+    keys = ROW_KEYS + ["dataset", "metric"]
+    for col in keys:
+        df[col] = df[col].astype(object).where(df[col].notna(), sentinel)
+    # One value per seed first (several files of one seed would otherwise weigh more).
+    per_seed = df.groupby(keys + ["seed"], dropna=False, sort=False)["value"].mean()
+    grouped = per_seed.groupby(level=keys, sort=False)
+    stats = pd.DataFrame({"mean": grouped.mean(), "std": grouped.std(ddof=1),
+                          "seeds": grouped.count()})
+    wide = stats.unstack(["dataset", "metric"])
+    wide.columns = wide.columns.reorder_levels([1, 2, 0])
+    datasets = sorted({c[0] for c in wide.columns}, key=_dataset_rank)
+    cols = [(d, m, s) for d in datasets for m in order.get(d, [])
+            for s in ("mean", "std", "seeds") if (d, m, s) in wide.columns]
+    wide = wide[cols]
+    wide.index = wide.index.set_names(ROW_KEYS)
+    index = wide.index.to_frame(index=False).map(lambda v: None if v == sentinel else v)
+    wide.index = pd.MultiIndex.from_frame(index)
+    order = sorted(range(len(wide)), key=lambda i: (
+        _variant_rank(index.iloc[i]["variant"]), str(index.iloc[i]["model_type"]),
+        _num_rank(index.iloc[i]["mem_size"]), _num_rank(index.iloc[i]["compression_rate"]),
+        _layout_rank(index.iloc[i]["position_layout"])))
+    return wide.iloc[order]
+
+
+def _fmt_key(col: str, value: Any) -> str:
+    if _is_missing(value):
+        return "-"
+    if col == "mem_size":
+        return str(int(value))
+    if col == "compression_rate":
+        return f"{float(value):g}"
+    return str(value)
+
+
+def _cells(wide: pd.DataFrame, decimals: int, pm: str) -> tuple[list[tuple[str, str]],
+                                                                 list[list[str]]]:
+    """Header (dataset, metric) pairs and formatted rows (keys, then one cell per column)."""
+    pairs = list(dict.fromkeys((d, m) for d, m, _ in wide.columns))
+    rows = []
+    for idx, row in wide.iterrows():
+        cells = [_fmt_key(k, v) for k, v in zip(ROW_KEYS, idx)]
+        for d, m in pairs:
+            mean = row.get((d, m, "mean"))
+            std = row.get((d, m, "std"))
+            seeds = row.get((d, m, "seeds"))
+            if _is_missing(mean):
+                cells.append("-")
+            elif not _is_missing(seeds) and seeds > 1 and not _is_missing(std):
+                cells.append(f"{mean:.{decimals}f}{pm}{std:.{decimals}f}")
+            else:
+                cells.append(f"{mean:.{decimals}f}")
+        rows.append(cells)
+    return pairs, rows
+
+
+def wide_csv(wide: pd.DataFrame) -> pd.DataFrame:
+    """Flat CSV: key columns, ``<dataset>/<metric>`` means, ``.../std`` when seeds > 1,
+    and ``seeds`` (the most seeds behind any cell of the row)."""
+    out = wide.index.to_frame(index=False)
+    out["mem_size"] = pd.to_numeric(out["mem_size"], errors="coerce").astype("Int64")
+    out["compression_rate"] = pd.to_numeric(out["compression_rate"], errors="coerce")
+    multi = "seeds" in {c[2] for c in wide.columns} and (
+        wide.xs("seeds", axis=1, level=2).max().max() > 1)
+    for d, m, s in wide.columns:
+        if s == "mean" or (s == "std" and multi):
+            name = f"{d}/{m}" + ("/std" if s == "std" else "")
+            out[name] = wide[(d, m, s)].to_numpy()
+    if len(wide.columns):
+        out["seeds"] = wide.xs("seeds", axis=1, level=2).max(axis=1).astype("Int64").to_numpy()
+    return out
+
+
+def to_markdown(wide: pd.DataFrame, decimals: int = 2) -> str:
+    pairs, rows = _cells(wide, decimals, " ± ")
+    header = [ROW_LABELS[k] for k in ROW_KEYS] + [f"{d} {m}" for d, m in pairs]
+    align = ["---"] * len(ROW_KEYS) + ["---:"] * len(pairs)
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(align) + " |"]
+    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+_TEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
+                "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}",
+                "^": r"\textasciicircum{}"}
+
+
+def _tex(text: str) -> str:
+    return "".join(_TEX_ESCAPES.get(ch, ch) for ch in str(text))
+
+
+def to_latex(wide: pd.DataFrame, decimals: int = 2, caption: str | None = None) -> str:
+    """A booktabs table: two header rows (data set, metric), mean $\\pm$ std cells."""
+    pairs, rows = _cells(wide, decimals, " $\\pm$ ")
+    n_keys = len(ROW_KEYS)
+    spec = "l" * n_keys + "r" * len(pairs)
+    top = [""] * n_keys
+    rules = []
+    col = n_keys + 1
+    for dataset in dict.fromkeys(d for d, _ in pairs):
+        width = sum(1 for d, _ in pairs if d == dataset)
+        top.append(f"\\multicolumn{{{width}}}{{c}}{{{_tex(dataset)}}}")
+        rules.append(f"\\cmidrule(lr){{{col}-{col + width - 1}}}")
+        col += width
+    second = [_tex(ROW_LABELS[k]) for k in ROW_KEYS] + [_tex(m) for _, m in pairs]
+    lines = ["\\begin{table}[t]", "\\centering"]
+    if caption:
+        lines.append(f"\\caption{{{_tex(caption)}}}")
+    lines += [f"\\begin{{tabular}}{{{spec}}}", "\\toprule",
+              " & ".join(top) + " \\\\", "".join(rules), " & ".join(second) + " \\\\",
+              "\\midrule"]
+    for r in rows:
+        cells = [_tex(c) for c in r[:n_keys]] + [c if "$" in c else _tex(c) for c in r[n_keys:]]
+        lines.append(" & ".join(cells) + " \\\\")
+    lines += ["\\bottomrule", "\\end{tabular}", "\\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------
+# Plots.
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=120, bbox_inches="tight")
+    os.replace(tmp, path)
+
+
+def _series_label(keys: dict) -> str:
+    parts = [str(keys["variant"])]
+    if not _is_missing(keys.get("mem_size")):
+        parts.append(f"mem {int(keys['mem_size'])}")
+    if not _is_missing(keys.get("position_layout")):
+        parts.append(str(keys["position_layout"]))
+    return ", ".join(parts)
+
+
+def plot_vs_compression_rate(long: pd.DataFrame, out_dir: Path,
+                             metrics: Metrics = None) -> list[Path]:
+    """One PNG per task: a panel per metric, the metric against the compression rate."""
+    plt = _pyplot()
+    written = []
+    for task in sorted(long["task"].dropna().unique(),
+                       key=lambda t: _dataset_rank(DATASET_OF_TASK.get(t, t))):
+        sub = long[long["task"] == task]
+        task_metrics = _metric_order(sub, task, metrics)
+        if not task_metrics:
+            continue
+        ncols = min(3, len(task_metrics))
+        nrows = math.ceil(len(task_metrics) / ncols)
+        fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols, 3.8 * nrows),
+                                 squeeze=False)
+        rates = sorted(sub["compression_rate"].dropna().unique())
+        for ax, metric in zip(axes.flat, task_metrics):
+            m = sub[sub["metric"] == metric]
+            keys = ["variant", "mem_size", "position_layout"]
+            frame = m.assign(**{k: m[k].astype(object).where(m[k].notna(), None)
+                                for k in keys})
+            groups = frame.groupby(keys, dropna=False, sort=False)
+            for i, (key, grp) in enumerate(groups):
+                label = _series_label(dict(zip(keys, key)))
+                color = plt.get_cmap("tab20")(i % 20)
+                with_rate = grp.dropna(subset=["compression_rate"])
+                if not with_rate.empty:
+                    stats = with_rate.groupby("compression_rate")["value"].agg(
+                        ["mean", "std"]).sort_index()
+                    ax.errorbar(stats.index, stats["mean"], yerr=stats["std"].fillna(0),
+                                marker="o", capsize=3, label=label, color=color)
+                else:  # independent of the rate (plain LLM): a reference line
+                    ax.axhline(grp["value"].mean(), linestyle="--", linewidth=1,
+                               label=label, color=color)
+            if rates:
+                ax.set_xscale("log", base=2)
+                ax.set_xticks(rates)
+                ax.set_xticklabels([f"{r:g}" for r in rates])
+            ax.set_xlabel("mean compression rate")
+            ax.set_ylabel(metric)
+            ax.set_title(f"{task}: {metric}")
+            ax.grid(alpha=0.3)
+        for ax in list(axes.flat)[len(task_metrics):]:
+            ax.axis("off")
+        handles, labels = axes.flat[0].get_legend_handles_labels()
+        if handles:
+            fig.legend(handles, labels, loc="upper center", ncol=min(4, len(labels)),
+                       bbox_to_anchor=(0.5, 0.0), fontsize="small", frameon=False)
+        fig.tight_layout()
+        path = out_dir / f"{task}_vs_compression_rate.png"
+        _save(fig, path)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def _parse_log_arg(item: str) -> tuple[str, str, str]:
+    """``[LABEL=]PATH`` -> (stage, series label, path)."""
+    label = None
+    path = item
+    if "=" in item and not Path(item).exists():
+        label, path = item.split("=", 1)
+    m = _LOG_PATH.search(Path(path).as_posix())
+    if m:
+        stage = "pretrain" if m["stage"] == "pretrain" else f"finetune {m['ft']}"
+        return stage, label or m["branch"], path
+    return label or Path(path).parent.name, label or Path(path).parent.name, path
+
+
+def plot_training_loss(logs: list[str], out_dir: Path) -> Path | None:
+    """One panel per training stage (pretrain, finetune <dataset>-<model type>), one line
+    per branch: ``loss`` (solid) and ``eval_loss`` (dashed) against ``step``."""
+    if not logs:
+        return None
+    plt = _pyplot()
+    stages: dict[str, list[tuple[str, pd.DataFrame]]] = {}
+    for item in logs:
+        stage, label, path = _parse_log_arg(item)
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"training log {path} does not exist")
+        try:
+            df = pd.read_csv(path)
+        except pd.errors.EmptyDataError:
+            continue
+        if "step" not in df.columns or not ({"loss", "eval_loss"} & set(df.columns)):
+            log.warning("%s has no step/loss columns; skipped", path)
+            continue
+        stages.setdefault(stage, []).append((label, df))
+    if not stages:
+        return None
+    names = sorted(stages, key=lambda s: (s != "pretrain", s))
+    ncols = min(3, len(names))
+    nrows = math.ceil(len(names) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols, 3.6 * nrows), squeeze=False)
+    for ax, stage in zip(axes.flat, names):
+        for i, (label, df) in enumerate(stages[stage]):
+            color = f"C{i % 10}"
+            for col, style in (("loss", "-"), ("eval_loss", "--")):
+                if col in df.columns:
+                    d = df[["step", col]].apply(pd.to_numeric, errors="coerce").dropna()
+                    if not d.empty:
+                        ax.plot(d["step"], d[col], style, color=color, marker="." if
+                                len(d) < 30 else None,
+                                label=label if col == "loss" else f"{label} (eval)")
+        ax.set_title(stage)
+        ax.set_xlabel("step")
+        ax.set_ylabel("loss")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="x-small")
+    for ax in list(axes.flat)[len(names):]:
+        ax.axis("off")
+    fig.tight_layout()
+    path = out_dir / "training_loss.png"
+    _save(fig, path)
+    plt.close(fig)
+    return path
+
+
+# ---------------------------------------------------------------------------------------
+# Entry point.
+
+
+def aggregate(inputs: list[str], out: str | os.PathLike, logs: list[str] | None = None,
+              metrics: Metrics = None, decimals: int = 2,
+              title: str | None = None) -> dict[str, Path]:
+    from icae.utils import atomic_write_text
+
+    out = Path(out)
+    plots = out / "plots"
+    plots.mkdir(parents=True, exist_ok=True)
+    long = read_metrics(inputs)
+    paths = {"long": out / "metrics_long.csv", "wide": out / "metrics_wide.csv",
+             "markdown": out / "metrics_wide.md", "latex": out / "metrics_wide.tex"}
+    atomic_write_text(paths["long"], long.to_csv(index=False, float_format="%.10g"))
+    wide = wide_table(long, metrics)
+    if wide.empty:
+        atomic_write_text(paths["wide"], ",".join(ROW_KEYS) + "\n")
+        atomic_write_text(paths["markdown"], "_no metrics_\n")
+        atomic_write_text(paths["latex"], "% no metrics\n")
+    else:
+        atomic_write_text(paths["wide"], wide_csv(wide).to_csv(index=False, float_format="%.10g"))
+        atomic_write_text(paths["markdown"], to_markdown(wide, decimals))
+        atomic_write_text(paths["latex"], to_latex(wide, decimals, caption=title))
+    for path in plot_vs_compression_rate(long, plots, metrics):
+        paths[path.stem] = path
+    loss = plot_training_loss(list(logs or []), plots)
+    if loss is not None:
+        paths["training_loss"] = loss
+    log.info("aggregated %d metric rows from %d files into %s", len(long), len(inputs), out)
+    return paths
+
+
+def run(cfg, args) -> dict[str, Path]:
+    """``icae aggregate --inputs M.csv ... [--logs [LABEL=]log.csv ...] [--out DIR]``."""
+    options = (cfg.workflow or {}).get("tables", {}) or {}
+    out = args.out or Path(cfg.output_root) / cfg.run_name / "tables"
+    inputs = list(getattr(args, "inputs", []) or [])
+    if not inputs:
+        raise ValueError("no metric files given (--inputs)")
+    metrics = options.get("metrics", DEFAULT_METRICS)
+    return aggregate(inputs, out, logs=list(getattr(args, "logs", []) or []),
+                     metrics=metrics,
+                     decimals=int(options.get("decimals", 2)),
+                     title=f"{cfg.run_name}: {cfg.model.base_model}")

@@ -1,0 +1,39 @@
+rule prepare_model:
+    output:
+        directory(MODEL_DIR),
+    log:
+        f"{LOGS}/prepare_model.log",
+    benchmark:
+        f"{BENCH_DIR}/prepare_model.tsv"
+    localrule: is_local("prepare_model")
+    conda:
+        "../envs/icae.yaml"
+    params:
+        tracked=tracked("prepare_model"),
+        icae=icae_command("prepare_model"),
+        args=args("prepare_model"),
+    shell:
+        "{params.icae} prepare-model {params.args} > {log} 2>&1"
+
+
+rule prepare_data:
+    input:
+        model=MODEL_DIR,
+        sources=lambda w: local_source_files(w.dataset),
+    output:
+        train=f"{DATA_DIR}/{{dataset}}/train.jsonl",
+        eval=f"{DATA_DIR}/{{dataset}}/eval.jsonl",
+        summary=f"{DATA_DIR}/{{dataset}}/summary.json",
+    log:
+        f"{LOGS}/prepare_data/{{dataset}}.log",
+    benchmark:
+        f"{BENCH_DIR}/prepare_data/{{dataset}}.tsv"
+    localrule: is_local("prepare_data")
+    conda:
+        "../envs/icae.yaml"
+    params:
+        tracked=tracked("prepare_data"),
+        icae=icae_command("prepare_data"),
+        args=args("prepare_data"),
+    shell:
+        "{params.icae} prepare-data {params.args} > {log} 2>&1"

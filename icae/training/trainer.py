@@ -43,8 +43,10 @@ class ICAETrainer(Trainer):
         self._aux_counts: dict[str, int] = {}
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        outputs = model(**inputs, num_items_in_batch=num_items_in_batch)
-        loss = outputs["loss"]
+        # The parent passes num_items_in_batch and rescales the loss for token averaging
+        # across processes; we add the checks and the separate losses.
+        loss, outputs = super().compute_loss(model, inputs, return_outputs=True,
+                                             num_items_in_batch=num_items_in_batch)
         if not torch.isfinite(loss.detach()).all():
             raise NonFiniteLossError(
                 f"non-finite training loss ({loss.item()}) at step {self.state.global_step}; "

@@ -1,0 +1,33 @@
+"""Multi-GPU smoke test: a tiny random ICAE pre-trained with torchrun on N GPUs.
+
+    python benchmarks/ddp_smoke.py /tmp/ddp          # writes a tiny model + prepared data
+    torchrun --standalone --nproc_per_node 2 -m icae pretrain \
+        model.model_dir=/tmp/ddp/model data.prepared_dir=/tmp/ddp/prepared ...
+
+The printed overrides are the ones to pass.
+"""
+
+import json
+import sys
+from pathlib import Path
+
+from icae.testing import save_tiny_model_dir, tiny_tokenizer
+
+root = Path(sys.argv[1])
+save_tiny_model_dir(root / "model", hidden_size=64)
+tok = tiny_tokenizer()
+text = ("The quick brown fox jumps over the lazy dog. A memory slot holds a summary of the "
+        "context. Alice was beginning to get very tired of sitting by her sister. ") * 4
+ids = tok(text, add_special_tokens=False)["input_ids"]
+for split in ("train", "eval"):
+    folder = root / "prepared" / "pretrain"
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / f"{split}.jsonl", "w") as fh:
+        for i in range(32):
+            s = i % 40
+            rec = {"id": f"{split}{i}", "task": "ae" if i % 2 == 0 else "lm", "source": "t",
+                   "context_ids": ids[s:s + 48],
+                   "continuation_ids": [] if i % 2 == 0 else ids[s + 48:s + 64]}
+            fh.write(json.dumps(rec) + "\n")
+print(f"model.model_dir={root}/model model.base_model={root}/model "
+      f"data.prepared_dir={root}/prepared")

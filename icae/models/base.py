@@ -3,9 +3,10 @@ encoding into padded batches, loss on labelled tokens only, and batched greedy d
 
 from __future__ import annotations
 
+import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -223,6 +224,46 @@ class LoRAWrappedModel(nn.Module):
         params = inspect.signature(type(self.inner).forward).parameters
         return "cache" if "cache" in params else "past_key_values"
 
+    # -- forward and generation (subclasses provide prompt_embeds and decoder_adapter) -------
+    decoder_adapter: str | None = None
+    compresses_contexts: bool = False
+
+    def prompt_embeds(self, input_ids, **batch) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, input_ids, attention_mask, position_ids, labels=None, task=None,
+                num_items_in_batch=None, **batch):
+        embeds = self.prompt_embeds(input_ids, **batch)
+        with self.adapter(self.decoder_adapter):
+            hidden = self.inner(inputs_embeds=embeds, attention_mask=attention_mask,
+                                position_ids=position_ids, use_cache=False).last_hidden_state
+        if labels is None:
+            return {"hidden_states": hidden}
+        return self.loss_from_hidden(hidden, labels, task, num_items_in_batch)
+
+    @torch.no_grad()
+    def generate(self, prompts: list[list[Piece]], max_new_tokens: int = 64,
+                 use_cache: bool = True, timings: dict | None = None) -> list[list[int]]:
+        """Greedy answers to prompt pieces. ``timings`` receives ``compress_s`` (building
+        the prompt embeddings: the encoder pass for ICAE) and ``generate_s``."""
+        encoded = [self.encode(p) for p in prompts]
+        batch = {k: v.to(self.device) for k, v in collate(encoded, self.pad_id).items()}
+        t0 = time.perf_counter()
+        embeds = self.prompt_embeds(**batch)
+        _sync(self.device)
+        t1 = time.perf_counter()
+        with self.adapter(self.decoder_adapter):
+            out = self.greedy_decode(embeds, batch["attention_mask"], batch["position_ids"],
+                                     max_new_tokens, use_cache)
+        _sync(self.device)
+        if timings is not None:
+            # Without an encoder there is nothing to compress: embedding the prompt is part
+            # of generation.
+            split = t1 if self.compresses_contexts else t0
+            timings["compress_s"] = split - t0
+            timings["generate_s"] = time.perf_counter() - split
+        return out
+
     # -- generation ---------------------------------------------------------------------------
     @torch.no_grad()
     def greedy_decode(self, embeds: torch.Tensor, attention_mask: torch.Tensor,
@@ -275,11 +316,6 @@ class LoRAWrappedModel(nn.Module):
         return result
 
 
-def count_base_parameter_storage(model: nn.Module) -> int:
-    """Number of distinct storages holding frozen (non-LoRA) weights, by data pointer."""
-    ptrs = {p.untyped_storage().data_ptr() for n, p in model.named_parameters()
-            if "lora_" not in n}
-    return len(ptrs)
-
-
-PieceEncoder = Callable[[list[Piece]], EncodedPrompt]
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

@@ -15,20 +15,20 @@
 
 from __future__ import annotations
 
-import time
-
 import torch
 from torch import nn
 
 from icae.config import ModelConfig
 from icae.models import positions as P
-from icae.models.base import IGNORE, EncodedPrompt, LoRAWrappedModel, collate
+from icae.models.base import IGNORE, EncodedPrompt, LoRAWrappedModel
 from icae.models.templates import Context, Marker, Piece, Text
 
 MARKER_INDEX = {"ae": 0, "lm": 1, "ft": 2}
 
 
 class ICAE(LoRAWrappedModel):
+    compresses_contexts = True
+
     def __init__(self, base_model, tokenizer, cfg: ModelConfig):
         self.adapter_names = ("encoder", "decoder") if cfg.train_decoder else ("encoder",)
         super().__init__(base_model, tokenizer, cfg)
@@ -47,7 +47,7 @@ class ICAE(LoRAWrappedModel):
         self.marker_ids = {k: V + m + i for k, i in MARKER_INDEX.items()}
         self.placeholder_id = V + m + len(MARKER_INDEX)
         self.encoder_bos = _leading_bos(tokenizer)
-        self.decoder_adapter = "decoder" if cfg.train_decoder else None
+        self.decoder_adapter = "decoder" if cfg.train_decoder else None  # None: disabled
 
     def _is_trained(self, name: str) -> bool:
         return "lora_" in name or name == "extra_embeddings"
@@ -188,42 +188,10 @@ class ICAE(LoRAWrappedModel):
         contexts = [row[:n] for row, n in zip(rows, lengths)]
         return self.compress_flat(contexts, context_starts.tolist())
 
-    def forward(self, input_ids, attention_mask, position_ids, labels=None, context_ids=None,
-                context_lengths=None, context_starts=None, task=None, num_items_in_batch=None,
-                **_unused):
+    def prompt_embeds(self, input_ids, context_ids=None, context_lengths=None,
+                      context_starts=None, **_unused) -> torch.Tensor:
         memory = self._batch_memory(context_ids, context_lengths, context_starts)
-        embeds = self.decoder_embeds(input_ids, memory)
-        with self.adapter(self.decoder_adapter):
-            hidden = self.inner(inputs_embeds=embeds, attention_mask=attention_mask,
-                                position_ids=position_ids, use_cache=False).last_hidden_state
-        if labels is None:
-            return {"hidden_states": hidden}
-        return self.loss_from_hidden(hidden, labels, task, num_items_in_batch)
-
-    @torch.no_grad()
-    def generate(self, prompts: list[list[Piece]], max_new_tokens: int = 64,
-                 use_cache: bool = True, timings: dict | None = None) -> list[list[int]]:
-        encoded = [self.encode(p) for p in prompts]
-        batch = {k: v.to(self.device) for k, v in collate(encoded, self.pad_id).items()}
-        t0 = time.perf_counter()
-        memory = self._batch_memory(batch["context_ids"], batch["context_lengths"],
-                                    batch["context_starts"])
-        embeds = self.decoder_embeds(batch["input_ids"], memory)
-        _sync(self.device)
-        t1 = time.perf_counter()
-        with self.adapter(self.decoder_adapter):
-            out = self.greedy_decode(embeds, batch["attention_mask"], batch["position_ids"],
-                                     max_new_tokens, use_cache)
-        _sync(self.device)
-        if timings is not None:
-            timings["compress_s"] = t1 - t0
-            timings["generate_s"] = time.perf_counter() - t1
-        return out
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+        return self.decoder_embeds(input_ids, memory)
 
 
 def _leading_bos(tokenizer) -> int | None:

@@ -22,7 +22,7 @@ TASK_AE, TASK_LM, TASK_FT = 0, 1, 2
 
 
 def is_icae(model) -> bool:
-    return hasattr(model, "placeholder_id")
+    return model.compresses_contexts
 
 
 def pretrain_pieces(model, rec: dict) -> tuple[list[Piece], int]:
@@ -77,12 +77,13 @@ class BuildStats:
         self.reasons[why] = self.reasons.get(why, 0) + 1
 
 
-def _fit(enc: EncodedPrompt, max_length: int, stats: BuildStats) -> EncodedPrompt | None:
+def _fit(enc: EncodedPrompt, max_length: int, stats: BuildStats, placeholder_id: int | None
+         ) -> EncodedPrompt | None:
     n = len(enc.input_ids)
     if n <= max_length:
         return enc
-    ph = getattr(enc, "_placeholder", None)
-    last_mem = max((i for i, t in enumerate(enc.input_ids) if t == ph), default=-1)
+    last_mem = max((i for i, t in enumerate(enc.input_ids) if t == placeholder_id),
+                   default=-1)
     if last_mem >= max_length - 1:
         stats.skip("memory does not fit max_length")
         return None
@@ -126,8 +127,7 @@ def encode_records(model, cfg: ExperimentConfig, dataset: str, records: list[dic
         if enc.num_target_tokens == 0:
             stats.skip("no target tokens")
             continue
-        enc._placeholder = ph  # type: ignore[attr-defined]
-        fitted = _fit(enc, max_length, stats)
+        fitted = _fit(enc, max_length, stats, ph)
         if fitted is not None and fitted.num_target_tokens > 0:
             out.append(fitted)
             stats.examples += 1

@@ -25,6 +25,7 @@ from typing import Any
 import yaml
 
 POSITION_LAYOUTS = ("default", "linspace", "epl")
+SLOT_RULES = ("proportional", "fixed")
 MODEL_TYPES = ("icae", "llm")
 DTYPES = ("float32", "bfloat16", "float16")
 EVAL_TASKS = ("ae", "qa", "repoqa", "trajectories")
@@ -46,6 +47,10 @@ class ModelConfig:
     position_layout: str = "epl"
     # Contexts with fewer tokens than this stay as plain text in the decoder prompt.
     min_compress_len: int = 0
+    # Memory slots per segment of n tokens: "proportional" = min(mem_size, ceil(n / rate))
+    # (never more slots than tokens, effective rate = mean_compression_rate); "fixed" =
+    # mem_size (ICAE's layout; contexts shorter than mem_size then stay text).
+    slot_rule: str = "proportional"
     # Upper bound on (segments x padded segment length) per encoder forward pass.
     max_encoder_tokens: int = 16384
     lora_r: int = 128
@@ -423,6 +428,8 @@ def validate(cfg: ExperimentConfig) -> None:
     _require(math.isfinite(m.mean_compression_rate) and m.mean_compression_rate >= 1,
              "model.mean_compression_rate", f"must be >= 1, got {m.mean_compression_rate}")
     _require(m.min_compress_len >= 0, "model.min_compress_len", "must be >= 0")
+    _require(m.slot_rule in SLOT_RULES, "model.slot_rule",
+             f"must be one of {', '.join(SLOT_RULES)}, got {m.slot_rule!r}")
     _require(m.lora_r >= 1, "model.lora_r", "must be >= 1")
     _require(0 <= m.lora_dropout < 1, "model.lora_dropout", "must be in [0, 1)")
     _require(len(m.lora_target_modules) > 0, "model.lora_target_modules",

@@ -218,18 +218,19 @@ def test_context_policy_budgets():
     cfg = ModelConfig(model_type="llm", mem_size=4, mean_compression_rate=2.0,
                       min_compress_len=3)
     trunc = ContextPolicy(cfg, "truncate")
-    # ceil(L / 8) segments of 4 slots; never more than the context; short ones stay whole
-    assert [trunc.visible(n) for n in (0, 2, 3, 5, 8, 9, 17)] == [0, 2, 3, 4, 4, 8, 12]
+    # ceil(L / 8) segments of n tokens, min(4, ceil(n / 2)) slots each (never more than
+    # the context); contexts shorter than min_compress_len stay whole
+    assert [trunc.visible(n) for n in (0, 2, 3, 5, 8, 9, 17)] == [0, 2, 2, 3, 4, 5, 9]
     from icae.models.templates import Context, Text
 
     pieces = [Text((1, 2)), Context(tuple(range(10, 27))), Context((5, 6)), Text((3,))]
-    assert trunc.apply(pieces) == [Text((1, 2)), Context(tuple(range(10, 22))),
+    assert trunc.apply(pieces) == [Text((1, 2)), Context(tuple(range(10, 19))),
                                    Context((5, 6)), Text((3,))]
     assert ContextPolicy(cfg, "no_context").apply(pieces) == [Text((1, 2)), Text((3,))]
     icae = ContextPolicy(ModelConfig(mem_size=4, mean_compression_rate=2.0,
                                      min_compress_len=3), "none")
-    assert icae.account([17, 2]) == {"context_tokens": 19, "memory_tokens": 14,
-                                     "memory_slots": 12, "compression_rate": 19 / 14}
+    assert icae.account([17, 2]) == {"context_tokens": 19, "memory_tokens": 11,
+                                     "memory_slots": 9, "compression_rate": 19 / 11}
 
 
 def test_policy_matches_model_memory_slots(tiny_tok):

@@ -1,8 +1,11 @@
 """ICAE and the plain-LLM baseline on tiny random models."""
 
+import math
+
 import pytest
 import torch
 
+from icae.models import positions as P
 from icae.models.base import collate
 from icae.models.templates import Context, Marker, Text
 from tests.conftest import make_icae
@@ -21,11 +24,15 @@ def test_memory_shape(tiny_tok, length, m, rate):
     ctx = list(range(10, 10 + length))
     mem, mask = model.compress([ctx])
     k = -(-length // int(m * rate)) if float(m * rate).is_integer() else None
-    segs = len(__import__("icae.models.positions", fromlist=["x"]).segment_bounds(length, m, rate))
+    segs = P.segment_bounds(length, m, rate)
     if k is not None:
-        assert segs == k
-    assert mem.shape == (1, segs * m, model.base.config.hidden_size)
-    assert int(mask.sum()) == segs * m
+        assert len(segs) == k
+    # proportional rule: min(m, ceil(n / rate)) slots per segment, never more than tokens
+    slots = sum(min(m, math.ceil(n / rate))
+                for _, n in segs)
+    assert slots <= length
+    assert mem.shape == (1, slots, model.base.config.hidden_size)
+    assert int(mask.sum()) == slots == model.num_memory_slots(length)
 
 
 @pytest.mark.parametrize("layout", ["default", "linspace", "epl"])

@@ -92,20 +92,19 @@ class ContextPolicy:
         self.mem_size = model_cfg.mem_size
         self.rate = model_cfg.mean_compression_rate
         self.min_len = model_cfg.min_compress_len
+        self.slot_rule = model_cfg.slot_rule
         self.baseline = baseline
 
     def eligible(self, length: int) -> bool:
         """ICAE compresses this context (same rule as ``ICAE.compresses``)."""
-        return length > 0 and length >= self.min_len
+        return self.memory_slots(length) > 0
 
     def compresses(self, length: int) -> bool:
         return self.is_icae and self.eligible(length)
 
     def memory_slots(self, length: int) -> int:
         """Slots ICAE uses for a context (``ICAE.num_memory_slots``), 0 if kept as text."""
-        if not self.eligible(length):
-            return 0
-        return P.num_segments(length, self.mem_size, self.rate) * self.mem_size
+        return P.context_slots(length, self.mem_size, self.rate, self.slot_rule, self.min_len)
 
     def visible(self, length: int) -> int:
         """Decoder positions that stand for a context of ``length`` tokens."""

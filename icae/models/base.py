@@ -16,6 +16,9 @@ from icae.config import ModelConfig
 from icae.models.templates import Piece, PromptBuilder
 
 IGNORE = -100
+# Training objectives by task id (EncodedPrompt.task): autoencoding, language modelling,
+# fine-tuning; each has its marker and its loss columns (``ae_loss``, ``lm_loss``, ...).
+OBJECTIVES = ("ae", "lm", "ft")
 
 
 @dataclass
@@ -63,6 +66,16 @@ def collate(examples: Sequence[EncodedPrompt], pad_id: int) -> dict:
         "context_starts": torch.tensor(ctx_starts, dtype=torch.long),
         "task": torch.tensor([e.task for e in examples], dtype=torch.long),
     }
+
+
+def add_label_index(batch: dict) -> dict:
+    """Host-side ``label_index`` / ``label_task`` for :meth:`loss_from_hidden`."""
+    labels = batch["labels"]
+    B, T = labels.shape
+    label_index = (labels[:, 1:] != IGNORE).reshape(-1).nonzero().squeeze(1)
+    batch["label_index"] = label_index
+    batch["label_task"] = batch["task"][label_index // max(T - 1, 1)]
+    return batch
 
 
 class LoRAWrappedModel(nn.Module):
@@ -196,26 +209,42 @@ class LoRAWrappedModel(nn.Module):
 
     def loss_from_hidden(self, hidden: torch.Tensor, labels: torch.Tensor,
                          task: torch.Tensor | None = None,
-                         num_items_in_batch: int | torch.Tensor | None = None) -> dict:
+                         num_items_in_batch: int | torch.Tensor | None = None,
+                         label_index: torch.Tensor | None = None,
+                         label_task: torch.Tensor | None = None) -> dict:
         """Cross-entropy of next-token prediction on labelled tokens; the LM head runs only
-        at those positions (vocabularies of 150k make full logits the main memory cost)."""
-        h = hidden[:, :-1]
-        y = labels[:, 1:]
-        sel = y != IGNORE
-        per_token = self._token_losses(h[sel], y[sel])
-        count = sel.sum()
-        denom = num_items_in_batch if num_items_in_batch is not None else count.clamp(min=1)
+        at those positions (vocabularies of 150k make full logits the main memory cost).
+
+        ``label_index`` / ``label_task`` (from :meth:`collate`): the flat positions whose
+        next token is labelled and their objective, computed on the host so that the step
+        needs no device-to-host synchronisation. The per-objective sums and counts are
+        returned as tensors (``<objective>_loss_sum`` / ``<objective>_tokens``)."""
+        B, T, H = hidden.shape
+        targets = labels[:, 1:].reshape(-1)
+        if label_index is None:
+            sel = (labels[:, 1:] != IGNORE).reshape(-1)
+            label_index = sel.nonzero().squeeze(1)
+            if task is not None:
+                row = label_index // (T - 1)
+                label_task = task.to(labels.device)[row]
+        # Position p of the shifted (B, T-1) layout is hidden row p // (T-1), column p % (T-1).
+        flat_h = hidden[:, :-1].reshape(-1, H)
+        per_token = self._token_losses(flat_h.index_select(0, label_index),
+                                       targets.index_select(0, label_index))
+        count = torch.tensor(per_token.shape[0], device=per_token.device)
+        denom = num_items_in_batch if num_items_in_batch is not None else max(
+            per_token.shape[0], 1)
         if isinstance(denom, torch.Tensor):
             denom = denom.to(per_token.device)
-        out = {"loss": per_token.sum() / denom, "num_tokens": count.detach()}
-        if task is not None:
-            row = torch.arange(y.shape[0], device=y.device)[:, None].expand_as(y)[sel]
-            token_task = task.to(y.device)[row]
-            for tid, name in ((0, "ae_loss"), (1, "lm_loss"), (2, "ft_loss")):
-                m = token_task == tid
-                if m.any():
-                    out[name] = per_token[m].detach().mean()
-                    out[f"{name[:2]}_tokens"] = m.sum().detach()
+        out = {"loss": per_token.sum() / denom, "num_tokens": count}
+        if label_task is not None:
+            sums = torch.zeros(len(OBJECTIVES), device=per_token.device, dtype=torch.float32)
+            sums.index_add_(0, label_task, per_token.detach().float())
+            counts = torch.bincount(label_task, minlength=len(OBJECTIVES))
+            for tid, name in enumerate(OBJECTIVES):
+                out[f"{name}_loss_sum"] = sums[tid]
+                out[f"{name}_tokens"] = counts[tid]
+                out[f"{name}_loss"] = sums[tid] / counts[tid].clamp(min=1)
         return out
 
     def _cache_kwarg(self) -> str:
@@ -231,15 +260,20 @@ class LoRAWrappedModel(nn.Module):
     def prompt_embeds(self, input_ids, **batch) -> torch.Tensor:
         raise NotImplementedError
 
+    def collate(self, examples: Sequence[EncodedPrompt]) -> dict:
+        """The training batch: :func:`collate` plus host-side label indices."""
+        return add_label_index(collate(examples, self.pad_id))
+
     def forward(self, input_ids, attention_mask, position_ids, labels=None, task=None,
-                num_items_in_batch=None, **batch):
+                num_items_in_batch=None, label_index=None, label_task=None, **batch):
         embeds = self.prompt_embeds(input_ids, **batch)
         with self.adapter(self.decoder_adapter):
             hidden = self.inner(inputs_embeds=embeds, attention_mask=attention_mask,
                                 position_ids=position_ids, use_cache=False).last_hidden_state
         if labels is None:
             return {"hidden_states": hidden}
-        return self.loss_from_hidden(hidden, labels, task, num_items_in_batch)
+        return self.loss_from_hidden(hidden, labels, task, num_items_in_batch,
+                                     label_index, label_task)
 
     @torch.no_grad()
     def generate(self, prompts: list[list[Piece]], max_new_tokens: int = 64,

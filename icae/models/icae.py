@@ -43,7 +43,6 @@ class ICAE(LoRAWrappedModel):
         self.rate = cfg.mean_compression_rate
         self.layout = cfg.position_layout
         V = self.vocab_size
-        self.memory_token_ids = torch.arange(V, V + m)
         self.marker_ids = {k: V + m + i for k, i in MARKER_INDEX.items()}
         self.placeholder_id = V + m + len(MARKER_INDEX)
         self.encoder_bos = _leading_bos(tokenizer)
@@ -53,11 +52,16 @@ class ICAE(LoRAWrappedModel):
         return "lora_" in name or name == "extra_embeddings"
 
     # -- prompts ---------------------------------------------------------------------------
-    def compresses(self, length: int) -> bool:
-        return length > 0 and length >= self.cfg.min_compress_len
-
     def num_memory_slots(self, length: int) -> int:
-        return P.num_segments(length, self.mem_size, self.rate) * self.mem_size
+        """Slots standing for a context of ``length`` tokens; 0 when it stays text."""
+        c = self.cfg
+        return P.context_slots(length, self.mem_size, self.rate, c.slot_rule, c.min_compress_len)
+
+    def compresses(self, length: int) -> bool:
+        return self.num_memory_slots(length) > 0
+
+    def segments(self, length: int) -> list[tuple[int, int, int]]:
+        return P.segments(length, self.mem_size, self.rate, self.cfg.slot_rule)
 
     def encode(self, pieces: list[Piece], task: int = 2) -> EncodedPrompt:
         """Turn prompt pieces into decoder ids (with memory placeholders), labels and
@@ -93,7 +97,8 @@ class ICAE(LoRAWrappedModel):
                 ids += [self.placeholder_id] * slots
                 labels += [IGNORE] * slots
                 if epl:
-                    pos += P.epl_memory_positions(L, start, self.mem_size, self.rate)
+                    pos += P.epl_memory_positions(L, start, self.mem_size, self.rate,
+                                                  self.cfg.slot_rule)
                     cur = start + L
                 else:
                     pos += range(cur, cur + slots)
@@ -111,53 +116,79 @@ class ICAE(LoRAWrappedModel):
         extra = self.extra_embeddings.to(emb.dtype)[(ids - V).clamp(0, len(self.extra_embeddings) - 1)]
         return torch.where(is_extra[..., None], extra, emb)
 
+    def encoder_inputs(self, contexts: list[list[int]], starts: list[int] | None = None
+                       ) -> dict:
+        """CPU tensors for the encoder passes over all segments of ``contexts``.
+
+        Pure host work (the training collator runs it in the data loader, off the GPU's
+        critical path). Segments are sorted by length and packed into chunks of at most
+        ``model.max_encoder_tokens`` padded tokens; ``gather`` puts the chunks' memory
+        vectors back in context order.
+        """
+        starts = starts if starts is not None else [1] * len(contexts)
+        segs: list[tuple[list[int], int, int, int]] = []  # (tokens, start a, slots k, ctx c)
+        for ids, c in zip(contexts, starts):
+            for a, n, k in self.segments(len(ids)):
+                segs.append((ids[a:a + n], a, k, c))
+        if not segs:
+            return {"chunks": [], "gather": torch.zeros(0, dtype=torch.long)}
+        bos = self.encoder_bos
+        b = int(bos is not None)
+        head = [bos] if b else []
+        order = sorted(range(len(segs)), key=lambda i: -(len(segs[i][0]) + segs[i][2]))
+        budget = self.cfg.max_encoder_tokens
+        V = self.vocab_size
+        chunks, sorted_offset = [], {}
+        out_pos, i = 0, 0
+        while i < len(order):
+            width = b + len(segs[order[i]][0]) + segs[order[i]][2]
+            chunk = order[i:i + max(1, budget // width)]
+            i += len(chunk)
+            kmax = max(segs[j][2] for j in chunk)
+            rows, n, a, k, c = [], [], [], [], []
+            for j in chunk:
+                toks, a_j, k_j, c_j = segs[j]
+                rows.append([self.pad_id] * (width - b - len(toks) - k_j) + head + toks
+                            + list(range(V, V + k_j)))
+                n.append(len(toks)); a.append(a_j); k.append(k_j); c.append(c_j)
+                # Row-major order of the kept slots of this chunk (last k_j of kmax columns).
+                sorted_offset[j] = out_pos
+                out_pos += k_j
+            n_t, k_t = torch.tensor(n), torch.tensor(k)
+            col = torch.arange(width)[None, :]
+            chunks.append({
+                "input_ids": torch.tensor(rows),
+                "attention_mask": (col >= (width - b - n_t - k_t)[:, None]).long(),
+                "position_ids": P.encoder_positions(self.layout, n_t, k_t, torch.tensor(a),
+                                                    torch.tensor(c), width, b == 1),
+                "slot_mask": torch.arange(kmax)[None, :] >= (kmax - k_t)[:, None],
+            })
+        gather = torch.cat([torch.arange(sorted_offset[j], sorted_offset[j] + segs[j][2])
+                            for j in range(len(segs))])
+        return {"chunks": chunks, "gather": gather}
+
+    def run_encoder(self, enc: dict) -> torch.Tensor:
+        """Memory vectors (sum of slots, hidden) from :meth:`encoder_inputs` (any device)."""
+        hidden_size = self.extra_embeddings.shape[1]
+        if not enc["chunks"]:
+            return self.extra_embeddings.new_zeros((0, hidden_size))
+        device = self.device
+        outputs = []
+        for ch in enc["chunks"]:
+            ch = {key: t.to(device, non_blocking=True) for key, t in ch.items()}
+            embeds = self._embed_with_extra(ch["input_ids"])
+            kmax = ch["slot_mask"].shape[1]
+            with self.adapter("encoder"):
+                hidden = self.inner(inputs_embeds=embeds, attention_mask=ch["attention_mask"],
+                                    position_ids=ch["position_ids"],
+                                    use_cache=False).last_hidden_state
+            outputs.append(hidden[:, -kmax:][ch["slot_mask"]])
+        return torch.cat(outputs, dim=0)[enc["gather"].to(device, non_blocking=True)]
+
     def compress_flat(self, contexts: list[list[int]], starts: list[int] | None = None
                       ) -> torch.Tensor:
         """Memory vectors of all contexts, concatenated in order: (sum of slots, hidden)."""
-        starts = starts if starts is not None else [1] * len(contexts)
-        m = self.mem_size
-        segs: list[tuple[list[int], int, int]] = []  # (tokens, segment start a, ctx start c)
-        for ids, c in zip(contexts, starts):
-            for a, n in P.segment_bounds(len(ids), m, self.rate):
-                segs.append((ids[a:a + n], a, c))
-        hidden_size = self.extra_embeddings.shape[1]
-        if not segs:
-            return self.extra_embeddings.new_zeros((0, hidden_size))
-        bos = self.encoder_bos
-        b = int(bos is not None)
-        order = sorted(range(len(segs)), key=lambda i: -len(segs[i][0]))
-        budget = self.cfg.max_encoder_tokens
-        outputs, done_order = [], []
-        device = self.device
-        mem_ids = self.memory_token_ids.tolist()
-        i = 0
-        while i < len(order):
-            width = b + len(segs[order[i]][0]) + m
-            chunk = order[i:i + max(1, budget // width)]
-            i += len(chunk)
-            rows = []
-            for j in chunk:
-                toks = segs[j][0]
-                rows.append([self.pad_id] * (width - b - len(toks) - m)
-                            + ([bos] if b else []) + toks + mem_ids)
-            ids = torch.tensor(rows, device=device)
-            n = torch.tensor([len(segs[j][0]) for j in chunk], device=device)
-            mask = (torch.arange(width, device=device)[None, :]
-                    >= (width - b - n - m)[:, None]).long()
-            pos = P.encoder_positions(
-                self.layout, n, torch.tensor([segs[j][1] for j in chunk], device=device),
-                torch.tensor([segs[j][2] for j in chunk], device=device), width, m, b == 1)
-            embeds = self._embed_with_extra(ids)
-            with self.adapter("encoder"):
-                hidden = self.inner(inputs_embeds=embeds, attention_mask=mask,
-                                    position_ids=pos, use_cache=False).last_hidden_state
-            outputs.append(hidden[:, -m:])
-            done_order += chunk
-        stacked = torch.cat(outputs, dim=0)
-        inverse = torch.empty(len(done_order), dtype=torch.long, device=stacked.device)
-        inverse[torch.tensor(done_order, device=stacked.device)] = torch.arange(
-            len(done_order), device=stacked.device)
-        return stacked[inverse].reshape(-1, hidden_size)
+        return self.run_encoder(self.encoder_inputs(contexts, starts))
 
     def compress(self, contexts: list[list[int]], starts: list[int] | None = None
                  ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -173,10 +204,12 @@ class ICAE(LoRAWrappedModel):
         return mem, mask
 
     # -- decoder -----------------------------------------------------------------------------
-    def decoder_embeds(self, input_ids: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
+    def decoder_embeds(self, input_ids: torch.Tensor, memory: torch.Tensor,
+                       counted: bool = False) -> torch.Tensor:
         embeds = self._embed_with_extra(input_ids)
         is_mem = input_ids == self.placeholder_id
-        n_ph = int(is_mem.sum())
+        # Counting synchronises with the device: the training collator counts on the host.
+        n_ph = memory.shape[0] if counted else int(is_mem.sum())
         if n_ph != memory.shape[0]:
             raise ValueError(f"prompt has {n_ph} memory placeholders but {memory.shape[0]} "
                              "memory vectors were computed")
@@ -189,9 +222,23 @@ class ICAE(LoRAWrappedModel):
         return self.compress_flat(contexts, context_starts.tolist())
 
     def prompt_embeds(self, input_ids, context_ids=None, context_lengths=None,
-                      context_starts=None, **_unused) -> torch.Tensor:
+                      context_starts=None, encoder=None, **_unused) -> torch.Tensor:
+        if encoder is not None:  # built (and its placeholders counted) by :meth:`collate`
+            return self.decoder_embeds(input_ids, self.run_encoder(encoder), counted=True)
         memory = self._batch_memory(context_ids, context_lengths, context_starts)
         return self.decoder_embeds(input_ids, memory)
+
+    def collate(self, examples) -> dict:
+        batch = super().collate(examples)
+        for key in ("context_ids", "context_lengths", "context_starts"):
+            batch.pop(key)
+        n_ph = int((batch["input_ids"] == self.placeholder_id).sum())
+        batch["encoder"] = self.encoder_inputs([list(c) for e in examples for c, _ in e.contexts],
+                                               [s for e in examples for _, s in e.contexts])
+        if n_ph != len(batch["encoder"]["gather"]):
+            raise ValueError(f"batch has {n_ph} memory placeholders but its contexts have "
+                             f"{len(batch['encoder']['gather'])} memory slots")
+        return batch
 
 
 def _leading_bos(tokenizer) -> int | None:

@@ -62,6 +62,7 @@ ICAE_ONLY_MODEL_KEYS = {
     "mean_compression_rate",
     "position_layout",
     "min_compress_len",
+    "slot_rule",
     "max_encoder_tokens",
     "train_decoder",
 }

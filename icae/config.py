@@ -91,6 +91,11 @@ class PretrainDataConfig:
     max_examples_per_doc: int = 1
     # Documents are shuffled through a buffer of this many (0: source order).
     shuffle_buffer: int = 10000
+    # Objective schedule of training (icae.training.spans): the first ae_only_examples
+    # examples are autoencoding only, then the LM share ramps linearly to lm_ratio over
+    # lm_ratio_ramp_examples examples.
+    ae_only_examples: int = 0
+    lm_ratio_ramp_examples: int = 0
 
 
 @dataclass
@@ -169,6 +174,11 @@ class TrainingConfig:
     dataset: str = "squad"
     init_checkpoint: str | None = None
     learning_rate: float = 1e-4
+    # Learning rate of the learned memory-slot and marker embeddings (null: learning_rate).
+    embedding_learning_rate: float | None = None
+    # Warn when the AE loss has not separated from the LM loss after this many training
+    # examples (the decoder ignores the memory); 0 turns the check off.
+    separation_warning_examples: int = 20000
     per_device_train_batch_size: int = 1
     per_device_eval_batch_size: int = 1
     gradient_accumulation_steps: int = 1
@@ -400,6 +410,10 @@ def _require(cond: bool, key: str, message: str) -> None:
 
 def _validate_training(t: TrainingConfig, section: str) -> None:
     _require(t.learning_rate > 0, f"{section}.learning_rate", "must be > 0")
+    _require(t.embedding_learning_rate is None or t.embedding_learning_rate > 0,
+             f"{section}.embedding_learning_rate", "must be > 0 or null")
+    _require(t.separation_warning_examples >= 0, f"{section}.separation_warning_examples",
+             "must be >= 0")
     for name in ("per_device_train_batch_size", "per_device_eval_batch_size",
                  "gradient_accumulation_steps", "logging_steps", "save_steps", "max_length"):
         _require(getattr(t, name) >= 1, f"{section}.{name}", "must be >= 1")
@@ -453,6 +467,9 @@ def validate(cfg: ExperimentConfig) -> None:
              "must be >= 1 or null")
     _require(p.max_examples_per_doc >= 1, "data.pretrain.max_examples_per_doc", "must be >= 1")
     _require(p.shuffle_buffer >= 0, "data.pretrain.shuffle_buffer", "must be >= 0")
+    _require(p.ae_only_examples >= 0, "data.pretrain.ae_only_examples", "must be >= 0")
+    _require(p.lm_ratio_ramp_examples >= 0, "data.pretrain.lm_ratio_ramp_examples",
+             "must be >= 0")
     _require(p.eval_size >= 0, "data.pretrain.eval_size", "must be >= 0")
     for i, name in enumerate(cfg.data.build):
         _require(name in DATA_SETS, f"data.build[{i}]",

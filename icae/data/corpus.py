@@ -229,7 +229,8 @@ def _doc_examples(doc: Document, ids: list[int], pcfg: PretrainDataConfig, seed:
 
 
 def iter_doc_examples(docs: Iterable, tokenizer, pcfg: PretrainDataConfig, seed: int,
-                      stats: PretrainStats | None = None, shuffle: bool = True
+                      stats: PretrainStats | None = None, shuffle: bool = True,
+                      doc_ids: list | None = None
                       ) -> Iterator[tuple[Document, list[dict]]]:
     """``(document, its examples)`` for every document kept, in shuffled order."""
     stats = stats if stats is not None else PretrainStats()
@@ -251,6 +252,8 @@ def iter_doc_examples(docs: Iterable, tokenizer, pcfg: PretrainDataConfig, seed:
             continue
         examples = _doc_examples(doc, ids, pcfg, seed, stats)
         stats.documents_used += 1
+        if doc_ids is not None:
+            doc_ids.append(ids)
         yield doc, examples
 
 
@@ -264,7 +267,8 @@ def _progress(total: int | None, desc: str, enabled: bool):
 def build_pretrain_examples(docs_iter: Iterable, tokenizer, pcfg: PretrainDataConfig,
                             seed: int, *, token_budget: int | None = None,
                             max_examples: int | None = None, stats: PretrainStats | None = None,
-                            progress: bool = False, desc: str = "pretrain") -> list[dict]:
+                            progress: bool = False, desc: str = "pretrain",
+                            doc_ids: list | None = None) -> list[dict]:
     """ICAE examples from ``docs_iter`` (:class:`Document`, ``{"text", "id"?, "source"?}``
     dicts or plain strings) until ``token_budget`` (default ``pcfg.token_num``) tokens or
     ``max_examples`` examples. Deterministic for ``seed``."""
@@ -273,7 +277,8 @@ def build_pretrain_examples(docs_iter: Iterable, tokenizer, pcfg: PretrainDataCo
     out: list[dict] = []
     tokens = 0
     with _progress(budget, desc, progress) as bar:
-        for _, examples in iter_doc_examples(docs_iter, tokenizer, pcfg, seed, stats):
+        for _, examples in iter_doc_examples(docs_iter, tokenizer, pcfg, seed, stats,
+                                             doc_ids=doc_ids):
             for ex in examples:
                 n = len(ex["context_ids"]) + len(ex["continuation_ids"])
                 out.append(ex)
@@ -291,9 +296,12 @@ def _count(examples: list[dict]) -> dict:
 
 
 def build_pretrain_sets(pcfg: PretrainDataConfig, tokenizer, seed: int, *,
-                        skip_bad_lines: bool = False, progress: bool = False
+                        skip_bad_lines: bool = False, progress: bool = False,
+                        train_documents: list | None = None
                         ) -> tuple[list[dict], list[dict], dict]:
-    """``(train, eval, summary)`` from the configured sources."""
+    """``(train, eval, summary)`` from the configured sources. ``train_documents``, when
+    given, receives the token ids of every document that fed the training set, so that
+    training can draw fresh spans from them each pass (:mod:`icae.training.spans`)."""
     if not pcfg.sources:
         raise DataError("data.pretrain.sources: no sources configured")
     skips = SkipLog()
@@ -309,16 +317,21 @@ def build_pretrain_sets(pcfg: PretrainDataConfig, tokenizer, seed: int, *,
                 eval_docs, tokenizer, pcfg, seed + 1, token_budget=10 ** 15,
                 max_examples=pcfg.eval_size, stats=eval_stats, progress=False)
         train = build_pretrain_examples(docs, tokenizer, pcfg, seed, stats=train_stats,
-                                        progress=progress)
+                                        progress=progress, doc_ids=train_documents)
     else:
         # Hold out the first shuffled documents as the eval set.
         train, tokens = [], 0
-        stream = iter_doc_examples(docs, tokenizer, pcfg, seed, train_stats)
+        held_out: list = []
+        stream = iter_doc_examples(docs, tokenizer, pcfg, seed, train_stats, doc_ids=held_out)
         with _progress(pcfg.token_num, "pretrain", progress) as bar:
             for _, examples in stream:
                 if len(eval_examples) < pcfg.eval_size:
                     eval_examples.extend(examples[: pcfg.eval_size - len(eval_examples)])
+                    held_out.clear()
                     continue
+                if train_documents is not None:
+                    train_documents.extend(held_out)
+                held_out.clear()
                 for ex in examples:
                     n = len(ex["context_ids"]) + len(ex["continuation_ids"])
                     train.append(ex)

@@ -50,12 +50,16 @@ def _tokenizer(cfg: ExperimentConfig):
     return load_tokenizer(resolve_model_path(cfg.model))
 
 
-def _build_pretrain(cfg, tok):
+def _build_pretrain(cfg, tok, extra_files: dict):
     from icae.data.corpus import build_pretrain_sets
 
-    return build_pretrain_sets(cfg.data.pretrain, tok(), cfg.seed,
-                               skip_bad_lines=cfg.data.skip_bad_lines,
-                               progress=cfg.data.progress)
+    documents: list = []
+    out = build_pretrain_sets(cfg.data.pretrain, tok(), cfg.seed,
+                              skip_bad_lines=cfg.data.skip_bad_lines,
+                              progress=cfg.data.progress, train_documents=documents)
+    # The training documents' tokens, for fresh spans every pass (icae.training.spans).
+    extra_files["documents"] = documents
+    return out
 
 
 def _build_squad(cfg, tok):
@@ -172,7 +176,11 @@ def prepare_set(cfg: ExperimentConfig, name: str, tokenizer_fn: Callable | None 
         return cache["tok"]
 
     start = time.time()
-    train, eval_set, summary = BUILDERS[name](cfg, tok)
+    extra: dict = {}
+    if name == "pretrain":
+        train, eval_set, summary = _build_pretrain(cfg, tok, extra)
+    else:
+        train, eval_set, summary = BUILDERS[name](cfg, tok)
     out = Path(cfg.data.prepared_dir) / name
     section = dataclasses.asdict(getattr(cfg.data, name))
     with atomic_directory(out) as tmp:
@@ -188,6 +196,11 @@ def prepare_set(cfg: ExperimentConfig, name: str, tokenizer_fn: Callable | None 
                    **summary, "seed": cfg.seed, "config": section,
                    "tokenizer": getattr(cache.get("tok"), "name_or_path", None),
                    "seconds": round(time.time() - start, 2)}
+        if "documents" in extra:
+            from icae.data.tokens import write_token_documents
+
+            summary["train_documents"] = write_token_documents(
+                tmp / "train_documents", extra["documents"])
         atomic_write_json(tmp / "summary.json", summary)
         relax_permissions(tmp)
     return summary

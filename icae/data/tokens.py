@@ -70,3 +70,54 @@ def truncate_text(tokenizer, text: str, max_tokens: int, keep: str = "head",
         slack += n - max_tokens  # tokens merged differently at the seams; leave more room
     out = decode(tokenizer, ids[: max_tokens // 2])
     return out, len(ids) - max_tokens // 2, len(encode(tokenizer, out))
+
+
+def write_token_documents(folder, documents: Sequence[Sequence[int]]) -> dict:
+    """Store token documents as two memory-mappable ``.npy`` arrays in ``folder``:
+    ``tokens.npy`` (all documents back to back; uint16 when every id fits, else uint32)
+    and ``offsets.npy`` (int64, ``len(documents) + 1`` boundaries)."""
+    import numpy as np
+    from pathlib import Path
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    lengths = np.fromiter((len(d) for d in documents), dtype=np.int64, count=len(documents))
+    offsets = np.zeros(len(documents) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    top = max((max(d) for d in documents if len(d)), default=0)
+    dtype = np.uint16 if top < 2 ** 16 else np.uint32
+    tokens = np.empty(int(offsets[-1]), dtype=dtype)
+    for d, a, b in zip(documents, offsets[:-1], offsets[1:]):
+        tokens[a:b] = d
+    np.save(folder / "tokens.npy", tokens)
+    np.save(folder / "offsets.npy", offsets)
+    return {"documents": len(documents), "tokens": int(offsets[-1]), "dtype": str(tokens.dtype)}
+
+
+class TokenDocuments:
+    """Read side of :func:`write_token_documents`, memory-mapped (no copy per process)."""
+
+    def __init__(self, folder):
+        import numpy as np
+        from pathlib import Path
+
+        folder = Path(folder)
+        try:
+            self.tokens = np.load(folder / "tokens.npy", mmap_mode="r")
+            self.offsets = np.load(folder / "offsets.npy")
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"{folder}: cannot read token documents ({exc}); rerun "
+                             "`python -m icae prepare-data`") from exc
+        if len(self.offsets) < 1 or int(self.offsets[-1]) != len(self.tokens):
+            raise ValueError(f"{folder}: offsets.npy does not match tokens.npy; rerun "
+                             "`python -m icae prepare-data`")
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def length(self, i: int) -> int:
+        return int(self.offsets[i + 1] - self.offsets[i])
+
+    def slice(self, i: int, start: int, stop: int) -> list[int]:
+        a = int(self.offsets[i])
+        return self.tokens[a + start:a + stop].tolist()

@@ -35,6 +35,41 @@ def _build(cfg: ExperimentConfig, dataset: str, t: TrainingConfig, model):
     return train_set, eval_set, stats
 
 
+def _fresh_spans(cfg: ExperimentConfig, t: TrainingConfig, model, docs_dir: Path):
+    """Training examples drawn afresh each pass from the prepared documents."""
+    import math
+    import os
+
+    from icae.data.tokens import TokenDocuments
+    from icae.training.examples import BuildStats, pretrain_pieces
+    from icae.training.spans import PretrainSpans, task_id
+
+    docs = TokenDocuments(docs_dir)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    per_step = t.per_device_train_batch_size * t.gradient_accumulation_steps * world
+    if t.max_steps > 0:
+        n = t.max_steps * per_step
+    else:
+        n = math.ceil(t.num_train_epochs * len(docs))
+
+    def encode(task, ctx, cont):
+        pieces, _ = pretrain_pieces(model, {"task": task, "context_ids": ctx,
+                                            "continuation_ids": cont})
+        return model.encode(pieces, task=task_id(task))
+
+    train_set = PretrainSpans(docs, cfg.data.pretrain, cfg.seed, n, encode)
+    log.info("pretrain train: %d examples drawn from %d documents (%d passes)", n,
+             len(train_set.usable), math.ceil(n / len(train_set.usable)))
+    eval_set = []
+    if t.eval_steps:
+        from icae.training.examples import encode_records
+
+        eval_set, _ = encode_records(model, cfg, "pretrain",
+                                     load_records(cfg, "pretrain", "eval"), t.max_length)
+    stats = BuildStats(examples=n)
+    return train_set, eval_set, stats
+
+
 def pretrain(cfg: ExperimentConfig, args=None) -> dict:
     if cfg.model.model_type != "icae":
         raise ValueError("model.model_type: pretrain trains ICAE; the llm baseline is only "
@@ -42,7 +77,15 @@ def pretrain(cfg: ExperimentConfig, args=None) -> dict:
     seed_everything(cfg.seed)
     model = build_model(cfg.model)
     t = cfg.pretrain
-    train_set, eval_set, stats = _build(cfg, "pretrain", t, model)
+    docs_dir = Path(cfg.data.prepared_dir) / "pretrain" / "train_documents"
+    if docs_dir.is_dir():
+        train_set, eval_set, stats = _fresh_spans(cfg, t, model, docs_dir)
+        # The spans dataset holds every pass: one epoch of the Trainer covers them all.
+        import dataclasses
+
+        t = dataclasses.replace(t, num_train_epochs=1.0)
+    else:
+        train_set, eval_set, stats = _build(cfg, "pretrain", t, model)
     ae_contexts = []
     if t.eval_steps and t.ae_bleu_samples:
         records = [r for r in load_records(cfg, "pretrain", "eval") if r["task"] == "ae"]

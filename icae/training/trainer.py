@@ -25,7 +25,6 @@ import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from icae.config import TrainingConfig
-from icae.models.base import collate
 from icae.models.checkpoint import load_checkpoint, save_checkpoint
 from icae.utils import atomic_write_text
 
@@ -37,60 +36,125 @@ class NonFiniteLossError(RuntimeError):
 
 
 class ICAETrainer(Trainer):
-    def __init__(self, *args, **kwargs):
+    """``embedding_learning_rate``: a separate learning rate for the learned memory-slot
+    and marker embeddings (``None``: the main one). ``separation``: the AE-vs-LM loss
+    diagnostic (:class:`SeparationMonitor`) or ``None``."""
+
+    def __init__(self, *args, embedding_learning_rate: float | None = None,
+                 separation: "SeparationMonitor | None" = None, **kwargs):
         super().__init__(*args, **kwargs)
-        self._aux_sums: dict[str, float] = {}
-        self._aux_counts: dict[str, int] = {}
+        self.embedding_learning_rate = embedding_learning_rate
+        self.separation = separation
+        # Device tensors summed over the steps since the last log: reading them every step
+        # would synchronise host and device each time.
+        self._aux: dict[str, torch.Tensor] = {}
+
+    def _get_train_sampler(self, *args, **kwargs):
+        # Datasets that fix their own (seeded, shuffled) order, such as the pre-training
+        # spans whose objective mix follows the training clock, are read in order.
+        if getattr(self.train_dataset, "ordered", False):
+            from torch.utils.data import SequentialSampler
+
+            return SequentialSampler(self.train_dataset)
+        return super()._get_train_sampler(*args, **kwargs)
+
+    def create_optimizer(self, *args, **kwargs):
+        if self.optimizer is None and self.embedding_learning_rate is not None:
+            emb = [p for n, p in self.model.named_parameters()
+                   if p.requires_grad and n == "extra_embeddings"]
+            rest = [p for n, p in self.model.named_parameters()
+                    if p.requires_grad and n != "extra_embeddings"]
+            cls, kw = Trainer.get_optimizer_cls_and_kwargs(self.args, self.model)
+            self.optimizer = cls([
+                {"params": rest, "weight_decay": self.args.weight_decay},
+                {"params": emb, "weight_decay": 0.0, "lr": self.embedding_learning_rate},
+            ], **kw)
+            return self.optimizer
+        return super().create_optimizer(*args, **kwargs)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         # The parent passes num_items_in_batch and rescales the loss for token averaging
         # across processes; we add the checks and the separate losses.
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True,
                                              num_items_in_batch=num_items_in_batch)
-        if not torch.isfinite(loss.detach()).all():
+        # The one host-device synchronisation per step: a non-finite loss must stop the
+        # run before the optimizer applies it.
+        if not bool(torch.isfinite(loss.detach()).all()):
             raise NonFiniteLossError(
                 f"non-finite training loss ({loss.item()}) at step {self.state.global_step}; "
                 "stopping. The last periodic checkpoint in "
                 f"{self.args.output_dir} is the last good one (lower the learning rate or "
                 "check the data, then resume)")
         if model.training:
-            for key in ("ae_loss", "lm_loss", "ft_loss"):
-                if key in outputs:
-                    n = int(outputs[f"{key[:2]}_tokens"])
-                    self._aux_sums[key] = self._aux_sums.get(key, 0.0) + float(outputs[key]) * n
-                    self._aux_counts[key] = self._aux_counts.get(key, 0) + n
-            self._aux_sums["trained_tokens"] = (self._aux_sums.get("trained_tokens", 0.0)
-                                                + float(outputs["num_tokens"]))
+            for key in ("ae", "lm", "ft"):
+                if f"{key}_loss_sum" in outputs:
+                    self._add(f"{key}_loss_sum", outputs[f"{key}_loss_sum"])
+                    self._add(f"{key}_tokens", outputs[f"{key}_tokens"])
+            self._add("trained_tokens", outputs["num_tokens"])
         return (loss, outputs) if return_outputs else loss
+
+    def _add(self, key: str, value: torch.Tensor) -> None:
+        value = value.detach().double()
+        self._aux[key] = self._aux[key] + value if key in self._aux else value
 
     def log(self, logs: dict, *args, **kwargs) -> None:
         if "loss" in logs:  # a training log: add the separate losses since the last one
-            for key, total in self._aux_sums.items():
-                if key == "trained_tokens":
-                    logs["trained_tokens"] = int(total)
-                elif self._aux_counts.get(key):
-                    logs[key] = round(total / self._aux_counts[key], 6)
-            self._aux_sums.clear()
-            self._aux_counts.clear()
+            aux = {k: float(v) for k, v in self._aux.items()}
+            self._aux.clear()
+            for key in ("ae", "lm", "ft"):
+                if aux.get(f"{key}_tokens"):
+                    logs[f"{key}_loss"] = round(aux[f"{key}_loss_sum"] / aux[f"{key}_tokens"], 6)
+            if "trained_tokens" in aux:
+                logs["trained_tokens"] = int(aux["trained_tokens"])
+            # Every optimizer step takes one global batch (the last may be partial).
+            logs["examples_seen"] = self.state.global_step * (
+                self.args.per_device_train_batch_size * self.args.gradient_accumulation_steps
+                * max(self.args.world_size, 1))
+            if self.separation is not None:
+                self.separation.update(logs)
         super().log(logs, *args, **kwargs)
 
-    # Checkpoints: trained parameters only.
-    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
-        output_dir = output_dir or self.args.output_dir
-        if not self.args.should_save:
+
+class SeparationMonitor:
+    """Warns when the autoencoding loss has not separated from the language-modelling
+    loss: an AE loss about as high as the LM loss means the decoder reconstructs no better
+    than it continues unseen text, i.e. it ignores the memory (ICAE's known plateau).
+
+    After ``after_examples`` examples, a logged ``ae_loss`` above ``ratio * lm_loss`` (or,
+    without LM examples in the mix, above ``ratio`` times the first logged AE loss) logs a
+    warning, once, and sets ``logs["ae_lm_separated"]`` on every log line from then on.
+    """
+
+    def __init__(self, after_examples: int, ratio: float = 0.8):
+        self.after_examples = after_examples
+        self.ratio = ratio
+        self.first_ae: float | None = None
+        self.last_lm: float | None = None
+        self.warned = False
+
+    def update(self, logs: dict) -> None:
+        ae, lm = logs.get("ae_loss"), logs.get("lm_loss")
+        if lm is not None:
+            self.last_lm = lm
+        if ae is None:
             return
-        from safetensors.torch import save_file
-
-        from icae.models.checkpoint import META, WEIGHTS, describe
-
-        os.makedirs(output_dir, exist_ok=True)
-        state = {n: t.detach().cpu().contiguous()
-                 for n, t in self.model.trainable_state_dict().items()}
-        save_file(state, os.path.join(output_dir, WEIGHTS))
-        Path(output_dir, META).write_text(json.dumps(describe(self.model), indent=2))
-
-    def _load_from_checkpoint(self, resume_from_checkpoint, model=None) -> None:
-        load_checkpoint(model or self.model, resume_from_checkpoint)
+        if self.first_ae is None:
+            self.first_ae = ae
+        reference = self.last_lm if self.last_lm is not None else self.first_ae
+        separated = ae < self.ratio * reference
+        if logs.get("examples_seen", 0) < self.after_examples:
+            return
+        logs["ae_lm_separated"] = int(separated)
+        if not separated and not self.warned:
+            self.warned = True
+            what = "LM loss" if self.last_lm is not None else "first AE loss"
+            log.warning(
+                "after %d examples the autoencoding loss (%.3f) has not separated from the "
+                "%s (%.3f): the decoder is ignoring the memory. ICAE often plateaus here "
+                "for a while; if it persists, try autoencoding-only warm-up "
+                "(data.pretrain.ae_only_examples), a higher learning rate for the memory "
+                "embeddings (embedding_learning_rate) or a decoder adapter "
+                "(model.train_decoder)", logs["examples_seen"], ae, what, reference)
 
 
 class LogFileCallback(TrainerCallback):
@@ -173,6 +237,9 @@ def training_arguments(t: TrainingConfig, resume_dir: Path, seed: int, has_eval:
         weight_decay=t.weight_decay,
         max_grad_norm=t.max_grad_norm,
         bf16=t.bf16,
+        # Its per-step isnan check would synchronise host and device every step; our
+        # compute_loss stops on a non-finite loss anyway.
+        logging_nan_inf_filter=False,
         gradient_checkpointing=t.gradient_checkpointing,
         gradient_checkpointing_kwargs={"use_reentrant": False},
         logging_steps=t.logging_steps,
@@ -215,10 +282,13 @@ def train(model, train_examples, eval_examples, t: TrainingConfig, *, output_dir
                                         max(len(c) for c in ae_contexts) + 2))
     if stop_after_steps is not None:
         callbacks.append(_StopAfter(stop_after_steps))
+    separation = (SeparationMonitor(t.separation_warning_examples)
+                  if t.separation_warning_examples and model.compresses_contexts else None)
     trainer = ICAETrainer(model=model, args=args, train_dataset=train_examples,
                           eval_dataset=eval_examples or None,
-                          data_collator=lambda batch: collate(batch, model.pad_id),
-                          callbacks=callbacks)
+                          data_collator=model.collate, callbacks=callbacks,
+                          embedding_learning_rate=t.embedding_learning_rate,
+                          separation=separation)
     if not sys.stderr.isatty() or not t.progress:
         # LogFileCallback prints the quiet per-log lines; the Trainer's printer would repeat
         # each one as a dict.

@@ -1,0 +1,95 @@
+"""Pre-training examples drawn afresh from the training documents on every pass.
+
+A prepared pre-training set keeps its training documents' tokens
+(``<prepared>/pretrain/train_documents``, see :func:`icae.data.tokens.write_token_documents`).
+:class:`PretrainSpans` turns them into as many examples as the run needs: example ``i``
+belongs to pass ``p = i // D`` over the ``D`` documents, whose order is a seeded
+permutation per pass; its span (length in ``min_len * (1 +- len_jitter)``, offset) and its
+objective are drawn from a generator seeded by ``(seed, p, document)``. So repeated passes
+never replay identical spans, and every example is a pure function of its index: a resumed
+run sees exactly the examples the interrupted one would have seen.
+
+The dataset is read in index order (``ordered``; the shuffling is its own), so index ``i``
+is the ``i``-th example of training and the objective mix can follow the training clock:
+examples before ``data.pretrain.ae_only_examples`` are autoencoding only, then the LM
+share ramps linearly to ``lm_ratio`` over ``lm_ratio_ramp_examples`` examples.
+"""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+from torch.utils.data import Dataset
+
+from icae.config import PretrainDataConfig
+from icae.data.tokens import TokenDocuments
+from icae.models.base import OBJECTIVES
+
+
+def lm_share(index: int, pcfg: PretrainDataConfig) -> float:
+    """The probability that example ``index`` is language modelling."""
+    warm = pcfg.ae_only_examples
+    if index < warm:
+        return 0.0
+    ramp = pcfg.lm_ratio_ramp_examples
+    if ramp and index < warm + ramp:
+        return pcfg.lm_ratio * (index - warm) / ramp
+    return pcfg.lm_ratio
+
+
+class PretrainSpans(Dataset):
+    ordered = True
+
+    def __init__(self, documents: TokenDocuments, pcfg: PretrainDataConfig, seed: int,
+                 num_examples: int, encode, max_length: int | None = None):
+        self.docs = documents
+        self.pcfg = pcfg
+        self.seed = seed
+        self.num_examples = int(num_examples)
+        self.encode = encode  # (task name, context ids, continuation ids) -> EncodedPrompt
+        self.max_length = max_length
+        self.lo = max(1, int(pcfg.min_len * (1 - pcfg.len_jitter)))
+        self.hi = max(self.lo, int(round(pcfg.min_len * (1 + pcfg.len_jitter))))
+        lengths = np.diff(documents.offsets)
+        self.usable = np.flatnonzero(lengths >= self.lo)
+        if len(self.usable) == 0:
+            raise ValueError(f"no training document has the {self.lo} tokens a span needs "
+                             f"(data.pretrain.min_len={pcfg.min_len})")
+        self._perm: dict[int, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return self.num_examples
+
+    def _order(self, p: int) -> np.ndarray:
+        if p not in self._perm:
+            if len(self._perm) > 4:
+                self._perm.clear()
+            self._perm[p] = np.random.default_rng([self.seed, p]).permutation(self.usable)
+        return self._perm[p]
+
+    def draw(self, index: int) -> tuple[str, list[int], list[int]]:
+        """``(task, context ids, continuation ids)`` of example ``index``."""
+        D = len(self.usable)
+        p, j = divmod(index, D)
+        doc = int(self._order(p)[j])
+        rng = random.Random(f"{self.seed}:{p}:{doc}")
+        n_doc = self.docs.length(doc)
+        span = min(rng.randint(self.lo, self.hi), n_doc)
+        target = self.pcfg.lm_target_len or span
+        if rng.random() < lm_share(index, self.pcfg) and n_doc >= span + target:
+            start = rng.randint(0, n_doc - span - target)
+            return ("lm", self.docs.slice(doc, start, start + span),
+                    self.docs.slice(doc, start + span, start + span + target))
+        start = rng.randint(0, n_doc - span)
+        return "ae", self.docs.slice(doc, start, start + span), []
+
+    def __getitem__(self, index: int):
+        if not 0 <= index < self.num_examples:
+            raise IndexError(index)
+        task, ctx, cont = self.draw(index)
+        return self.encode(task, ctx, cont)
+
+
+def task_id(name: str) -> int:
+    return OBJECTIVES.index(name)

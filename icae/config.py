@@ -192,6 +192,9 @@ class TrainingConfig:
     gradient_checkpointing: bool = False
     max_length: int = 4096
     eval_steps: int | None = None
+    # Stop (and write the final checkpoint) once training has run this long in this
+    # process, e.g. to fit a machine lease; the periodic checkpoints still allow resuming.
+    max_train_seconds: float | None = None
     save_steps: int = 500
     save_total_limit: int | None = 2
     ae_bleu_samples: int = 4
@@ -424,6 +427,8 @@ def _validate_training(t: TrainingConfig, section: str) -> None:
     _require(t.max_grad_norm >= 0, f"{section}.max_grad_norm", "must be >= 0")
     _require(t.eval_steps is None or t.eval_steps >= 1, f"{section}.eval_steps",
              "must be >= 1 or null")
+    _require(t.max_train_seconds is None or t.max_train_seconds > 0,
+             f"{section}.max_train_seconds", "must be > 0 or null")
     _require(t.dataset in FINETUNE_DATASETS, f"{section}.dataset",
              f"must be one of {', '.join(FINETUNE_DATASETS)}, got {t.dataset!r}")
     for target in t.report_to:

@@ -228,6 +228,22 @@ def _doc_examples(doc: Document, ids: list[int], pcfg: PretrainDataConfig, seed:
     return out
 
 
+def _tokenized(stream: Iterable[Document], tokenizer, block: int = 64
+               ) -> Iterator[tuple[Document, list[int]]]:
+    """``(document, token ids)`` in stream order; blocks of documents go to the fast
+    tokenizer together, which encodes a batch on all cores (same ids as one at a time)."""
+    from icae.data.tokens import encode_batch
+
+    buf: list[Document] = []
+    for doc in stream:
+        buf.append(doc)
+        if len(buf) == block:
+            yield from zip(buf, encode_batch(tokenizer, [d.text for d in buf], block))
+            buf = []
+    if buf:
+        yield from zip(buf, encode_batch(tokenizer, [d.text for d in buf], block))
+
+
 def iter_doc_examples(docs: Iterable, tokenizer, pcfg: PretrainDataConfig, seed: int,
                       stats: PretrainStats | None = None, shuffle: bool = True,
                       doc_ids: list | None = None
@@ -238,9 +254,8 @@ def iter_doc_examples(docs: Iterable, tokenizer, pcfg: PretrainDataConfig, seed:
     stream = (_as_document(d, i) for i, d in enumerate(docs))
     if shuffle:
         stream = shuffle_buffered(stream, pcfg.shuffle_buffer, random.Random(seed))
-    for doc in stream:
+    for doc, ids in _tokenized(stream, tokenizer):
         stats.documents_read += 1
-        ids = encode(tokenizer, doc.text)
         if len(ids) < lo:
             message = (f"document {doc.id!r} has {len(ids)} tokens, fewer than the {lo} a "
                        f"context span needs (data.pretrain.min_len={pcfg.min_len}, "

@@ -65,10 +65,11 @@ class ICAETrainer(Trainer):
             rest = [p for n, p in self.model.named_parameters()
                     if p.requires_grad and n != "extra_embeddings"]
             cls, kw = Trainer.get_optimizer_cls_and_kwargs(self.args, self.model)
-            self.optimizer = cls([
-                {"params": rest, "weight_decay": self.args.weight_decay},
-                {"params": emb, "weight_decay": 0.0, "lr": self.embedding_learning_rate},
-            ], **kw)
+            groups = [{"params": rest, "weight_decay": self.args.weight_decay}]
+            if emb:  # the plain-LLM baseline has no learned embeddings
+                groups.append({"params": emb, "weight_decay": 0.0,
+                               "lr": self.embedding_learning_rate})
+            self.optimizer = cls(groups, **kw)
             return self.optimizer
         return super().create_optimizer(*args, **kwargs)
 
@@ -113,6 +114,26 @@ class ICAETrainer(Trainer):
             if self.separation is not None:
                 self.separation.update(logs)
         super().log(logs, *args, **kwargs)
+
+
+    # Checkpoints: trained parameters only.
+    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+        output_dir = output_dir or self.args.output_dir
+        if not self.args.should_save:
+            return
+        from safetensors.torch import save_file
+
+        from icae.models.checkpoint import META, WEIGHTS, describe
+
+        os.makedirs(output_dir, exist_ok=True)
+        state = {n: t.detach().cpu().contiguous()
+                 for n, t in self.model.trainable_state_dict().items()}
+        save_file(state, os.path.join(output_dir, WEIGHTS))
+        Path(output_dir, META).write_text(json.dumps(describe(self.model), indent=2))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None) -> None:
+        load_checkpoint(model or self.model, resume_from_checkpoint)
+
 
 
 class SeparationMonitor:
@@ -282,6 +303,8 @@ def train(model, train_examples, eval_examples, t: TrainingConfig, *, output_dir
                                         max(len(c) for c in ae_contexts) + 2))
     if stop_after_steps is not None:
         callbacks.append(_StopAfter(stop_after_steps))
+    if t.max_train_seconds:
+        callbacks.append(_StopAtTime(t.max_train_seconds))
     separation = (SeparationMonitor(t.separation_warning_examples)
                   if t.separation_warning_examples and model.compresses_contexts else None)
     trainer = ICAETrainer(model=model, args=args, train_dataset=train_examples,
@@ -304,11 +327,45 @@ def train(model, train_examples, eval_examples, t: TrainingConfig, *, output_dir
         return {"interrupted_at": trainer.state.global_step}
     write_log_files(trainer.state.log_history, resume_dir)
     extra_files = {name: (resume_dir / name).read_text() for name in ("log.csv", "log.jsonl")}
-    meta = {"global_step": trainer.state.global_step, "train_loss": result.training_loss}
+    per_step = (args.per_device_train_batch_size * args.gradient_accumulation_steps
+                * max(args.world_size, 1))
+    meta = {"global_step": trainer.state.global_step, "train_loss": result.training_loss,
+            "examples_seen": trainer.state.global_step * per_step,
+            "stopped_at_time_limit": bool(t.max_train_seconds) and trainer.state.global_step
+            < (args.max_steps if args.max_steps > 0 else math.inf),
+            "train_runtime_s": result.metrics.get("train_runtime"),
+            "train_samples_per_second": result.metrics.get("train_samples_per_second")}
+    if torch.cuda.is_available():
+        meta["peak_gpu_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2 ** 30, 2)
+        meta["gpu"] = torch.cuda.get_device_name()
     meta.update(extra_meta or {})
+    log.info("trained %d steps (%d examples) in %.0f s: %.1f examples/s%s",
+             meta["global_step"], meta["examples_seen"], meta["train_runtime_s"] or 0,
+             meta["train_samples_per_second"] or 0,
+             f", peak GPU memory {meta['peak_gpu_memory_gib']} GiB" if "gpu" in meta else "")
     save_checkpoint(model, output_dir, config_text=config_text, extra=meta,
                     extra_files=extra_files)
     return meta
+
+
+class _StopAtTime(TrainerCallback):
+    """Stop at the first step end after ``seconds`` of training in this process."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self.deadline = math.inf
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        import time
+
+        self.deadline = time.monotonic() + self.seconds
+
+    def on_step_end(self, args, state, control, **kwargs):
+        import time
+
+        if time.monotonic() >= self.deadline:
+            control.should_training_stop = True
+            control.should_save = True
 
 
 class _StopAfter(TrainerCallback):

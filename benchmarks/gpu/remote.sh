@@ -1,0 +1,122 @@
+#!/usr/bin/env bash
+# Run ON THE GPU MACHINE (device tool), from the repository root, one stage per call:
+#
+#   store-a   carry .gpu/a: keep its GGUF part and data in $STORE (outside the checkout)
+#   setup     carry .gpu/b: join + verify the GGUF, install the wheels, prepare the model
+#             and data, time the training steps (seed-style code vs ours), then start the
+#             pre-training runs in the background (setsid: they outlive this call while
+#             the machine stays warm)
+#   wait S    follow the runs for S seconds, then bring back logs (and, with
+#             BRING_RESUME=1, each run's resume state in <=15 MiB pieces)
+#   finish    wait for the runs, evaluate AE on held-out test documents, fine-tune and
+#             evaluate SQuAD, bring back checkpoints, logs and metrics
+#   resume    (a fresh machine) unpack resume state brought back earlier (carry .gpu/resume)
+#             and restart the runs where they stopped
+#
+# Calls must follow each other within the machine's 30 s warm window (or a fresh
+# machine starts bare: then use `resume`). Everything a run needs survives in $STORE and
+# results/; see benchmarks/gpu/README.md.
+set -uo pipefail
+STAGE=${1:?stage}
+STORE=${STORE:-/tmp/icae-gpu}
+CFG=configs/smollm2-icae.yaml
+RUN_SECONDS=${RUN_SECONDS:-600}
+export PYTHONUNBUFFERED=1 WANDB_MODE=disabled
+[ -d "$STORE/site" ] && export PYTHONPATH="$STORE/site"
+PY=python3
+mkdir -p "$STORE" results
+OUT=${OUT:-$STORE/out}
+mkdir -p "$OUT"
+
+# name | overrides (pre-training variants compared in docs/results/smollm2-135m.md)
+RUNS=(
+  "epl-dec|model.position_layout=epl model.train_decoder=true"
+  "epl-frozen|model.position_layout=epl model.train_decoder=false"
+  "linspace-dec|model.position_layout=linspace model.train_decoder=true"
+)
+
+common() {  # overrides shared by every command on the GPU machine
+  echo "model.model_dir=$STORE/model data.prepared_dir=$STORE/prepared"
+}
+
+link_shared() {  # the config's ../shared paths -> the carried data
+  mkdir -p ../shared/data/pretrain ../shared/data/squad
+  for f in corpus eval test; do ln -sf "$STORE/data/$f.jsonl.gz" ../shared/data/pretrain/; done
+  for f in dev-v1.1 train-subset-v1.1; do ln -sf "$STORE/data/$f.json.gz" ../shared/data/squad/; done
+}
+
+start_runs() {
+  for spec in "${RUNS[@]}"; do
+    name=${spec%%|*}; over=${spec#*|}
+    mkdir -p "results/$name"
+    setsid nohup $PY -m icae pretrain --config $CFG $(common) $over \
+      pretrain.output_dir="results/$name/pretrain" pretrain.resume_dir="results/$name/resume" \
+      pretrain.max_train_seconds=$RUN_SECONDS >> "results/$name/pretrain.log" 2>&1 &
+    echo "started $name (pid $!)"
+  done
+}
+
+progress() {
+  for spec in "${RUNS[@]}"; do
+    name=${spec%%|*}
+    echo "== $name: $(grep -c '^\[step' results/$name/pretrain.log 2>/dev/null) log lines"
+    grep '^\[step\|eval_ae_bleu1\|WARNING\|Error\|error' "results/$name/pretrain.log" 2>/dev/null | tail -4 | cut -c1-300
+  done
+  nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader
+}
+
+bring_logs() {
+  tar czf "$OUT/logs.tgz" results/*/pretrain.log results/*/resume/log.csv \
+    results/*/*/log.csv results/*/*/checkpoint.json results/*/*/*.json results/*/*.log \
+    results/*/*/*/metrics*.csv results/*/*/*/summary.json results/bench 2>/dev/null
+  ls -la "$OUT"
+}
+
+case "$STAGE" in
+store-a)
+  cp -r .gpu/a/. "$STORE/" && ls -la "$STORE" "$STORE/data"
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+  ;;
+setup)
+  set -e
+  cp -r .gpu/b/. "$STORE/"
+  cat "$STORE"/gguf.part0 "$STORE"/gguf.part1 "$STORE"/gguf.part2 > "$STORE/smollm2.gguf"
+  echo "$(cat "$STORE/gguf.sha256")  $STORE/smollm2.gguf" | sha256sum -c -
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target "$STORE/site" "$STORE"/whl/*.whl
+  export PYTHONPATH="$STORE/site"
+  link_shared
+  $PY -m icae prepare-model --config $CFG $(common) model.base_model="$STORE/smollm2.gguf"
+  time $PY -m icae prepare-data --config $CFG $(common)
+  set +e
+  bash benchmarks/gpu/speed.sh "$STORE" $(common) 2>&1 | tee results/bench.log | tail -40
+  start_runs
+  sleep 45; progress
+  bring_logs
+  ;;
+wait)
+  sleep "${2:-500}"; progress
+  if [ "${BRING_RESUME:-0}" = 1 ]; then
+    tar cf - results/*/resume | split -b 15728640 -d -a 1 - "$OUT/resume.tar.part"
+  fi
+  bring_logs
+  ;;
+resume)
+  link_shared
+  cat .gpu/resume/resume.tar.part* | tar xf -
+  start_runs
+  sleep 30; progress
+  ;;
+finish)
+  while pgrep -f "icae pretrain" > /dev/null; do sleep 5; done
+  progress
+  bash benchmarks/gpu/finish.sh "$STORE" $(common) 2>&1 | tee results/finish.log | tail -60
+  bring_logs
+  for spec in "${RUNS[@]}"; do
+    name=${spec%%|*}
+    tar czf "$OUT/ckpt-$name.tgz" -C results/$name pretrain 2>/dev/null
+  done
+  ls -la "$OUT"
+  ;;
+*) echo "unknown stage $STAGE"; exit 2 ;;
+esac

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Pre-training step throughput of SmolLM2-135M ICAE on the GPU machine, seed-style code
+# (the project before the speed work, commit in .gpu/b/old.tar) against ours, in one run.
+# Usage: speed.sh STORE [overrides for our commands...]. Writes results/bench/*.json.
+set -uo pipefail
+STORE=$1; shift
+COMMON="$*"
+SECS=${BENCH_SECONDS:-30}
+mkdir -p results/bench
+# The issue's measured setting: 512-token spans, mem 128, rate 4, EPL, bf16, frozen decoder,
+# LoRA r 128 on q/v, AE/LM 50/50, lr 2e-4.
+SETTING="model.mem_size=128 model.mean_compression_rate=4 model.position_layout=epl
+  model.dtype=bfloat16 model.train_decoder=false model.lora_r=128 model.lora_alpha=32
+  model.lora_target_modules=[q_proj,v_proj] data.pretrain.min_len=512 data.pretrain.len_jitter=0.1
+  data.pretrain.lm_ratio=0.5 pretrain.learning_rate=2e-4 pretrain.bf16=true
+  pretrain.max_steps=100000 pretrain.lr_scheduler_type=constant pretrain.eval_steps=null
+  pretrain.save_steps=100000 pretrain.logging_steps=10 pretrain.progress=false
+  pretrain.max_train_seconds=$SECS"
+
+# 1. seed-style: the old code, its own prepared data (fixed spans), batch 16.
+rm -rf "$STORE/old" && mkdir -p "$STORE/old" && tar xf "$STORE/old.tar" -C "$STORE/old"
+cat > "$STORE/old/bench.yaml" <<YAML
+run_name: bench-old
+model: {model_dir: $STORE/model}
+data:
+  prepared_dir: $STORE/old/prepared
+  build: [pretrain]
+  progress: false
+  pretrain:
+    sources: [{path: $STORE/data/corpus.jsonl.gz}]
+    eval_sources: [{path: $STORE/data/eval.jsonl.gz}]
+    token_num: 3000000
+    eval_size: 8
+YAML
+OLD_SETTING=$(echo $SETTING | sed 's/pretrain.max_train_seconds=[0-9]*//')
+( cd "$STORE/old" && python3 -m icae prepare-data --config bench.yaml $OLD_SETTING >/dev/null 2>&1 \
+  && timeout $((SECS + 120)) python3 -m icae pretrain --config bench.yaml $OLD_SETTING \
+     pretrain.per_device_train_batch_size=16 pretrain.max_steps=$((SECS * 4)) \
+     pretrain.output_dir=out pretrain.resume_dir=resume > bench.log 2>&1 ) 
+grep -h '"train_samples_per_second"' "$STORE"/old/resume/log.jsonl | tail -1 > results/bench/seed-style-b16.json
+echo "seed-style b16: $(cat results/bench/seed-style-b16.json)"
+
+# 2-5. ours: same setting at several micro-batches, then the recipe of configs/smollm2-icae.yaml.
+run() {
+  local name=$1; shift
+  timeout $((SECS + 120)) python3 -m icae pretrain --config configs/smollm2-icae.yaml $COMMON "$@" \
+    pretrain.output_dir=results/bench/$name pretrain.resume_dir=results/bench/$name.resume \
+    > results/bench/$name.log 2>&1
+  python3 - "$name" <<'PY'
+import json, sys
+name = sys.argv[1]
+meta = json.load(open(f"results/bench/{name}/checkpoint.json"))
+keep = {k: meta.get(k) for k in ("global_step", "examples_seen", "train_runtime_s",
+        "train_samples_per_second", "peak_gpu_memory_gib", "gpu")}
+json.dump(keep, open(f"results/bench/{name}.json", "w"))
+print(name, keep)
+PY
+}
+run ours-b16 $SETTING pretrain.per_device_train_batch_size=16
+run ours-b64 $SETTING pretrain.per_device_train_batch_size=64
+
+run recipe-b32 pretrain.max_steps=100000 pretrain.eval_steps=null pretrain.save_steps=100000 \
+  pretrain.max_train_seconds=$SECS

@@ -68,7 +68,7 @@ progress() {
 bring_logs() {
   tar czf "$OUT/logs.tgz" results/*/pretrain.log results/*/resume/log.csv \
     results/*/*/log.csv results/*/*/checkpoint.json results/*/*/*.json results/*/*.log \
-    results/*/*/*/metrics*.csv results/*/*/*/summary.json results/bench 2>/dev/null
+    results/*/*/*/metrics*.csv results/*/*/*/summary.json results/bench/*.log results/bench/*.json results/bench/*/checkpoint.json 2>/dev/null
   ls -la "$OUT"
 }
 

@@ -4,6 +4,7 @@ baselines, checkpoints, and bad inputs."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 from pathlib import Path
 
@@ -73,7 +74,8 @@ def make_cfg(env, out: Path, *overrides: str):
         f"model.model_dir={env['model_dir']}", "model.mem_size=4",
         "model.mean_compression_rate=2", "model.lora_r=4", "model.lora_alpha=8",
         f"data.prepared_dir={env['data']}", f"output_root={out}", "evaluation.batch_size=2",
-        "evaluation.max_new_tokens=4", "evaluation.progress=false", *overrides])
+        "evaluation.max_new_tokens=4", "evaluation.max_new_tokens_by_task={repoqa: 4}",
+        "evaluation.progress=false", *overrides])
 
 
 def read_outputs(directory: Path) -> tuple[list[dict], list[dict], dict]:
@@ -229,7 +231,8 @@ def test_context_policy_budgets():
     icae = ContextPolicy(ModelConfig(mem_size=4, mean_compression_rate=2.0,
                                      min_compress_len=3), "none")
     assert icae.account([17, 2]) == {"context_tokens": 19, "memory_tokens": 14,
-                                     "memory_slots": 12, "compression_rate": 19 / 14}
+                                     "memory_slots": 12, "compression_rate": 19 / 14,
+                                     "contexts": 2, "contexts_compressed": 1}
 
 
 def test_policy_matches_model_memory_slots(tiny_tok):
@@ -241,6 +244,44 @@ def test_policy_matches_model_memory_slots(tiny_tok):
         expected = model.num_memory_slots(n) if model.compresses(n) else 0
         assert policy.memory_slots(n) == expected
         assert policy.compresses(n) == model.compresses(n)
+        # the truncate baseline keeps exactly as many tokens as ICAE has slots
+        llm_cfg = dataclasses.replace(model.cfg, model_type="llm")
+        truncate = ContextPolicy(llm_cfg, "truncate")
+        assert truncate.visible(n) == (min(n, expected) if model.compresses(n) else n)
+
+
+def test_policy_calls_the_models_slot_rule(tiny_tok, monkeypatch):
+    """The truncate budget is ICAE.num_memory_slots itself, not a copy of its formula."""
+    from icae.config import ModelConfig
+    from icae.models.icae import ICAE
+
+    monkeypatch.setattr(ICAE, "num_memory_slots", lambda self, n: n // 3)
+    cfg = ModelConfig(model_type="llm", mem_size=4, mean_compression_rate=2.0)
+    assert [ContextPolicy(cfg, "truncate").visible(n) for n in (3, 9, 30)] == [1, 3, 10]
+
+
+def test_effective_and_configured_rates_are_recorded(env, tmp_path):
+    """A context shorter than a segment gets fewer tokens per slot than configured; the
+    effective rate measured on the data is written beside the configured one."""
+    for model_type in ("icae", "llm"):
+        cfg = make_cfg(env, tmp_path / model_type, "evaluation.task=qa",
+                       f"model.model_type={model_type}", "model.mem_size=16")
+        summary = evaluate(cfg)
+        preds, rows, _ = read_outputs(Path(summary["output_dir"]))
+        ctx = sum(p["context_tokens"] for p in preds)
+        mem = sum(p["memory_tokens"] for p in preds)
+        assert summary["compression_rate_effective"] == pytest.approx(ctx / mem)
+        for r in rows:
+            assert float(r["compression_rate_effective"]) == pytest.approx(ctx / mem)
+        if model_type == "icae":
+            assert summary["compression_rate_configured"] == 2.0
+            assert {r["compression_rate_configured"] for r in rows} == {"2.0"}
+            assert ctx / mem <= 2.0  # short contexts: at most the configured rate
+            assert summary["metrics"]["contexts_compressed_fraction"] == 1.0
+        else:
+            assert summary["compression_rate_configured"] is None
+            assert {r["compression_rate_configured"] for r in rows} == {""}
+            assert ctx / mem == 1.0
 
 
 def test_teacher_forced_scores_match_model_loss(tiny_tok):

@@ -11,7 +11,14 @@ Prompts (``C`` = a :class:`~icae.models.templates.Context` piece):
              [AE] marker, so it gets a chat prompt ``Repeat the following text
              exactly:\\n\\nC`` (:data:`AE_LLM_INSTRUCTION`). Reference: the context itself.
 ``qa``       ``qa_messages(question, data.squad.prompt, compressed)`` over context 0.
-``repoqa``   ``repoqa_messages(description, data.repoqa.instruction, compressed)``.
+``repoqa``   ``repoqa_messages(description, data.repoqa.instruction, compressed)``. Scored
+             as evalplus/repoqa's ``compute_score`` does: ``pass@0.8`` requires the needle
+             most similar to the answer, among the repository's needles, to be the target
+             and its similarity to be >= 0.8. The repository's needles are a record's
+             ``repo_needles`` ({name: code}) when present, else the needles of all tasks of
+             the same (language, repo) in the eval file (all of its rows, whatever
+             ``evaluation.num_samples``). ``similarity_pass@0.8`` is the looser
+             ``similarity to the target >= 0.8`` without the best-match condition.
 ``trajectories``
              one example per assistant turn after the first: the prompt is every message
              before it, where user messages with ``compress: true`` become contexts.
@@ -29,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from icae.config import max_new_tokens_for
 from icae.data.io import iter_jsonl
 from icae.models import positions as P
 from icae.models.templates import (Context, Piece, compressed_conversation, context_slot,
@@ -84,19 +92,43 @@ def load_rows(cfg, task: str) -> tuple[Path, list[dict]]:
 # What the model sees of each context
 
 
-class ContextPolicy:
-    """How many decoder positions stand for a context, and the baseline's edits."""
+def icae_slot_rule(model_cfg) -> tuple[Callable[[int], bool], Callable[[int], int]]:
+    """ICAE's own ``compresses`` and ``num_memory_slots`` for ``model_cfg``, without building
+    an ICAE: the methods of :class:`icae.models.icae.ICAE` are called on a stand-in that
+    has the attributes they read (``cfg``, ``mem_size``, ``rate``, ``layout``), so the
+    truncate baseline and the token accounting follow whatever rule ICAE implements."""
+    from types import SimpleNamespace
 
-    def __init__(self, model_cfg, baseline: str = "none"):
+    from icae.models.icae import ICAE
+
+    proxy = SimpleNamespace(cfg=model_cfg, mem_size=model_cfg.mem_size,
+                            rate=model_cfg.mean_compression_rate,
+                            layout=model_cfg.position_layout)
+    return (lambda n: bool(ICAE.compresses(proxy, n)),
+            lambda n: int(ICAE.num_memory_slots(proxy, n)))
+
+
+class ContextPolicy:
+    """How many decoder positions stand for a context, and the baseline's edits.
+
+    Whether a context is compressed and into how many slots is ICAE's decision
+    (``ICAE.compresses`` / ``ICAE.num_memory_slots``, taken from ``model`` when it is an
+    ICAE, else through :func:`icae_slot_rule`), never a formula of its own."""
+
+    def __init__(self, model_cfg, baseline: str = "none", model=None):
         self.is_icae = model_cfg.model_type == "icae"
         self.mem_size = model_cfg.mem_size
         self.rate = model_cfg.mean_compression_rate
         self.min_len = model_cfg.min_compress_len
         self.baseline = baseline
+        if model is not None and getattr(model, "compresses_contexts", False):
+            self._compresses, self._slots = model.compresses, model.num_memory_slots
+        else:
+            self._compresses, self._slots = icae_slot_rule(model_cfg)
 
     def eligible(self, length: int) -> bool:
-        """ICAE compresses this context (same rule as ``ICAE.compresses``)."""
-        return length > 0 and length >= self.min_len
+        """ICAE would compress this context (``ICAE.compresses``)."""
+        return length > 0 and self._compresses(length)
 
     def compresses(self, length: int) -> bool:
         return self.is_icae and self.eligible(length)
@@ -105,10 +137,12 @@ class ContextPolicy:
         """Slots ICAE uses for a context (``ICAE.num_memory_slots``), 0 if kept as text."""
         if not self.eligible(length):
             return 0
-        return P.num_segments(length, self.mem_size, self.rate) * self.mem_size
+        return self._slots(length)
 
     def visible(self, length: int) -> int:
-        """Decoder positions that stand for a context of ``length`` tokens."""
+        """Decoder positions that stand for a context of ``length`` tokens. The truncate
+        baseline keeps as many tokens as ICAE has slots for that context (all of a context
+        ICAE keeps as text; never more tokens than the context has)."""
         if self.baseline == "no_context":
             return 0
         if self.baseline == "truncate":
@@ -134,7 +168,9 @@ class ContextPolicy:
         mem = sum(self.visible(n) for n in lengths)
         slots = sum(self.memory_slots(n) for n in lengths if self.compresses(n))
         return {"context_tokens": ctx, "memory_tokens": mem, "memory_slots": slots,
-                "compression_rate": _rate(ctx, mem)}
+                "compression_rate": _rate(ctx, mem),
+                "contexts": len(lengths),
+                "contexts_compressed": sum(1 for n in lengths if self.compresses(n))}
 
 
 def _rate(original: int, kept: int) -> float | None:
@@ -159,6 +195,7 @@ class Example:
     teacher_forced: list[Piece] | None = None  # trajectories: prompt + target (labels)
     tf_tokens: int = 0                         # labelled tokens scored teacher-forced
     meta: dict = field(default_factory=dict)   # copied into the predictions row
+    needles: dict[str, str] | None = None      # repoqa: the repository's needles
 
 
 @dataclass
@@ -167,6 +204,8 @@ class TaskContext:
     prompts: Any         # PromptBuilder
     policy: ContextPolicy
     stop_ids: list[int]
+    # repoqa: (language, repo) -> {needle name: needle code}, see :func:`repo_needles`
+    needles: dict | None = None
 
 
 def _finish(ctx: TaskContext, ex: Example) -> Example:
@@ -212,7 +251,8 @@ def build_qa(rows: list[dict], ctx: TaskContext) -> list[Example]:
                                compressed=ctx.policy.compresses(len(ids)))
             prompt = ctx.prompts.chat(msgs, [ids])
         ex = Example(id=str(row["id"]), prompt=prompt, reference=answers[0],
-                     references=answers, max_new_tokens=cfg.evaluation.max_new_tokens,
+                     references=answers,
+                     max_new_tokens=max_new_tokens_for(cfg.evaluation, "qa"),
                      context_lengths=[len(ids)],
                      meta={"question": row["question"],
                            **({"title": row["title"]} if "title" in row else {})})
@@ -220,8 +260,31 @@ def build_qa(rows: list[dict], ctx: TaskContext) -> list[Example]:
     return out
 
 
+def repo_needles(rows) -> dict[tuple[str, str], dict[str, str]]:
+    """(language, repo) -> {needle name: needle code} over ``rows`` (every task of the eval
+    file), in file order; a row's own ``repo_needles`` mapping, when it has one, is taken
+    as its repository's complete needle list."""
+    out: dict[tuple[str, str], dict[str, str]] = {}
+    given: set[tuple[str, str]] = set()
+    for row in rows:
+        key = (str(row.get("language", "python")), str(row.get("repo", "")))
+        if isinstance(row.get("repo_needles"), dict):
+            if key not in given:
+                out[key] = {str(k): str(v) for k, v in row["repo_needles"].items()}
+                given.add(key)
+            continue
+        if key in given:
+            continue
+        if "needle_code" not in row:
+            continue  # a bad row beyond num_samples; load_rows names those it evaluates
+        name = str(row.get("needle_name", row.get("id")))
+        out.setdefault(key, {}).setdefault(name, row["needle_code"])
+    return out
+
+
 def build_repoqa(rows: list[dict], ctx: TaskContext) -> list[Example]:
     cfg = ctx.cfg
+    needles = ctx.needles if ctx.needles is not None else repo_needles(rows)
     out = []
     for row in rows:
         ids = ctx.prompts.encode(row["context"])
@@ -230,9 +293,13 @@ def build_repoqa(rows: list[dict], ctx: TaskContext) -> list[Example]:
         prompt = ctx.prompts.chat(msgs, [ids])
         meta = {k: row[k] for k in ("language", "repo", "needle_name", "position_ratio")
                 if k in row}
+        key = (str(row.get("language", "python")), str(row.get("repo", "")))
+        meta["needle_name"] = str(row.get("needle_name", row.get("id")))
+        repo = dict(needles.get(key) or {})
+        repo.setdefault(meta["needle_name"], row["needle_code"])
         ex = Example(id=str(row["id"]), prompt=prompt, reference=row["needle_code"],
-                     max_new_tokens=cfg.evaluation.max_new_tokens, context_lengths=[len(ids)],
-                     meta=meta)
+                     max_new_tokens=max_new_tokens_for(cfg.evaluation, "repoqa"),
+                     context_lengths=[len(ids)], meta=meta, needles=repo)
         out.append(_finish(ctx, ex))
     return out
 
@@ -298,13 +365,24 @@ def score(task: str, ex: Example, prediction: str, pred_ids: list[int]) -> dict[
                 "f1": M.squad_f1(prediction, ex.references),
                 "bleu1": M.bleu1(ex.reference, prediction)}
     if task == "repoqa":
-        sim = M.repoqa_similarity(prediction, ex.reference, ex.meta.get("language", "python"))
-        return {"similarity": sim, "pass@0.8": float(M.repoqa_pass(sim, 0.8)),
+        lang = ex.meta.get("language", "python")
+        sim = M.repoqa_similarity(prediction, ex.reference, lang)
+        needles = ex.needles or {ex.meta.get("needle_name", ex.id): ex.reference}
+        search = M.repoqa_needle_search(prediction, needles, ex.meta.get("needle_name", ex.id),
+                                        lang, threshold=0.8)
+        return {"similarity": sim,
+                "pass@0.8": float(search["passed"]),  # evalplus/repoqa's definition
+                "similarity_pass@0.8": float(M.repoqa_pass(sim, 0.8)),  # looser
+                "best_needle_match": float(search["is_best_match"]),
                 "bleu1": M.bleu1(ex.reference, prediction)}
     if task == "trajectories":
         return {"ar_bleu1": M.bleu1(ex.reference, prediction),
                 "ar_token_accuracy": M.token_accuracy(pred_ids, ex.reference_ids),
-                "ar_exact_match": M.exact_match(prediction, ex.reference)}
+                "ar_exact_match": M.exact_match(prediction, ex.reference),
+                # the seed's definitions, for comparison with its published numbers
+                "ar_seed_token_accuracy": M.seed_token_accuracy(pred_ids, ex.reference_ids),
+                "ar_seed_exact_match_first_line": M.seed_exact_match_first_line(
+                    prediction, ex.reference)}
     raise ValueError(f"unknown task {task!r}")
 
 

@@ -49,7 +49,7 @@ def test_reference_answers_fit_the_repoqa_budget(kind, tmp_path):
     from icae.data.io import read_jsonl
     from icae.evaluation.tasks import ContextPolicy, TaskContext, build_repoqa
     from icae.models.templates import PromptBuilder
-    from icae.training.examples import repoqa_answer, repoqa_messages
+    from icae.models.task_prompts import repoqa_answer, repoqa_messages
 
     tok = _tokenizer(kind)
     pb = PromptBuilder(tok)

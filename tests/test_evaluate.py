@@ -411,3 +411,26 @@ def test_cli_reports_errors(env, tmp_path, capsys):
         main(args + ["evaluation.baseline=truncate"])
     assert exc.value.code == 2
     assert "set model.model_type=llm" in capsys.readouterr().err
+
+
+def test_pretrained_only_checkpoint_gets_no_ft_marker(env, tmp_path):
+    """A checkpoint that never trained [FT] is evaluated on QA with [LM] in its place; one
+    that never trained [AE] cannot be evaluated on autoencoding."""
+    from icae.models import build_model
+    from icae.models.checkpoint import save_checkpoint
+
+    cfg = make_cfg(env, tmp_path, "evaluation.task=qa")
+    model = build_model(cfg.model)
+    pre = save_checkpoint(model, tmp_path / "pre", extra={"stage": "pretrain",
+                                                          "trained_markers": ["ae", "lm"]})
+    summary = evaluate(make_cfg(env, tmp_path, "evaluation.task=qa",
+                                f"evaluation.checkpoint={pre}"))
+    assert summary["trained_markers"] == ["ae", "lm"] and summary["prompt_markers"] == ["lm"]
+    fine = save_checkpoint(model, tmp_path / "ft", extra={"stage": "finetune"})  # old format
+    summary = evaluate(make_cfg(env, tmp_path, "evaluation.task=qa",
+                                f"evaluation.checkpoint={fine}"))
+    assert summary["prompt_markers"] == ["ft"]
+    lm_only = save_checkpoint(model, tmp_path / "lm", extra={"trained_markers": ["lm"]})
+    with pytest.raises(ValueError, match=r"evaluation\.checkpoint=.*never trained the \[AE\]"):
+        evaluate(make_cfg(env, tmp_path, "evaluation.task=ae",
+                          f"evaluation.checkpoint={lm_only}"))

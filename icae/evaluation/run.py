@@ -7,6 +7,13 @@ there; with ``checkpoint: null`` the untrained model is evaluated (LoRA adapters
 identity at initialisation; ICAE's memory and marker embeddings are random, drawn after
 seeding with ``seed``).
 
+Prompts never hold a learned marker that the checkpoint did not train (its
+``trained_markers``, :func:`icae.models.checkpoint.trained_markers`): a pre-trained-only
+ICAE is asked QA / RepoQA questions with [LM] where a fine-tuned one has [FT]
+(:mod:`icae.models.task_prompts`). ``summary.json`` records ``trained_markers`` and the
+``prompt_markers`` actually used. With ``checkpoint: null`` nothing restricts the markers
+(every learned embedding of the untrained model is random anyway).
+
 Baselines (``evaluation.baseline``, plain LLM only): ``none`` reads every context in full,
 ``truncate`` keeps the first tokens of each context, as many as ICAE has memory slots for
 it (``mem_size * ceil(L / (mem_size * mean_compression_rate))``, never more than ``L``;
@@ -170,8 +177,17 @@ def evaluate(cfg, model=None) -> dict:
 
         needles = repo_needles(row for _, row in iter_jsonl(
             data_path, skip_bad_lines=cfg.data.skip_bad_lines))
-    tctx = TaskContext(cfg, model.prompts, policy, list(model.stop_ids), needles=needles)
-    examples = BUILDERS[task](rows, tctx)
+    trained = None
+    if meta is not None and model_cfg.model_type == "icae":
+        from icae.models.checkpoint import trained_markers
+
+        trained = trained_markers(meta, e.checkpoint)
+    tctx = TaskContext(cfg, model.prompts, policy, list(model.stop_ids), needles=needles,
+                       trained_markers=trained)
+    try:
+        examples = BUILDERS[task](rows, tctx)
+    except ValueError as exc:
+        raise ValueError(f"evaluation.checkpoint={e.checkpoint}: {exc}") from None
     if not examples:
         raise ValueError(f"{data_path}: no example to evaluate for task {task!r}"
                          + (" (each trajectory needs at least two assistant messages)"
@@ -212,6 +228,8 @@ def evaluate(cfg, model=None) -> dict:
     wall = time.perf_counter() - t_start
     metrics = summarize(task, records, gen, wall, policy)
     summary = _summary(cfg, model_cfg, task, data_path, out_dir, metrics, meta, model)
+    summary["trained_markers"] = None if trained is None else sorted(trained)
+    summary["prompt_markers"] = prompt_markers(examples)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     from icae.config import write_resolved_config
@@ -312,6 +330,16 @@ def teacher_forced_scores(model, examples: list[Example], batch_size: int, progr
                 start += k
             bar.update(len(batch))
     return results
+
+
+def prompt_markers(examples: list[Example]) -> list[str]:
+    """The learned markers that occur in the evaluated prompts (for the summary: a reader
+    can check them against the checkpoint's ``trained_markers``)."""
+    from icae.models.templates import Marker
+
+    kinds = {p.kind for ex in examples for pieces in (ex.prompt, ex.teacher_forced or [])
+             for p in pieces if isinstance(p, Marker)}
+    return sorted(kinds)
 
 
 def teacher_forced_text_scores(tok, pred_ids: list[int], target_ids: list[int]) -> dict:

@@ -10,8 +10,13 @@ Prompts (``C`` = a :class:`~icae.models.templates.Context` piece):
 ``ae``       ICAE: ``C [AE]`` (the pre-training autoencoding prompt). The plain LLM has no
              [AE] marker, so it gets a chat prompt ``Repeat the following text
              exactly:\\n\\nC`` (:data:`AE_LLM_INSTRUCTION`). Reference: the context itself.
-``qa``       ``qa_messages(question, data.squad.prompt, compressed)`` over context 0.
-``repoqa``   ``repoqa_messages(description, data.repoqa.instruction, compressed)``. Scored
+Every prompt comes from :mod:`icae.models.task_prompts`, the functions training uses,
+with the same rule: the [FT] marker iff the context is compressed, and only markers the
+evaluated checkpoint trained (``evaluation.checkpoint``'s ``trained_markers``; a
+pre-trained-only ICAE gets [LM] where [FT] would be).
+
+``qa``       ``qa_prompt`` over context 0.
+``repoqa``   ``repoqa_prompt``. Scored
              as evalplus/repoqa's ``compute_score`` does: ``pass@0.8`` requires the needle
              most similar to the answer, among the repository's needles, to be the target
              and its similarity to be >= 0.8. The repository's needles are a record's
@@ -39,8 +44,9 @@ from typing import Any, Callable
 from icae.config import max_new_tokens_for
 from icae.data.io import iter_jsonl
 from icae.models import positions as P
-from icae.models.templates import (Context, Piece, compressed_conversation, context_slot,
-                                   qa_messages, repoqa_messages)
+from icae.models.task_prompts import (PromptRule, autoencoding_prompt, qa_prompt,
+                                      repoqa_prompt, trajectory_turn_prompt)
+from icae.models.templates import Context, Piece, context_slot
 from icae.evaluation import metrics as M
 
 AE_LLM_INSTRUCTION = "Repeat the following text exactly:\n\n"
@@ -206,6 +212,14 @@ class TaskContext:
     stop_ids: list[int]
     # repoqa: (language, repo) -> {needle name: needle code}, see :func:`repo_needles`
     needles: dict | None = None
+    # markers the evaluated checkpoint trained (None: no restriction, e.g. no checkpoint)
+    trained_markers: frozenset[str] | None = None
+
+    @property
+    def rule(self) -> PromptRule:
+        """The prompt rule shared with training: the policy's (= ICAE's) compression
+        decision and the checkpoint's trained markers."""
+        return PromptRule(self.policy.compresses, self.trained_markers)
 
 
 def _finish(ctx: TaskContext, ex: Example) -> Example:
@@ -225,7 +239,7 @@ def build_ae(rows: list[dict], ctx: TaskContext) -> list[Example]:
     for row in rows:
         ids = [int(t) for t in row["context_ids"]]
         if ctx.policy.is_icae:
-            prompt = ctx.prompts.autoencoding_prompt(ids)
+            prompt = autoencoding_prompt(ctx.prompts, ctx.rule, ids)
         else:
             msgs = [{"role": "user", "content": AE_LLM_INSTRUCTION + context_slot(0)}]
             prompt = ctx.prompts.chat(msgs, [ids])
@@ -243,13 +257,9 @@ def build_qa(rows: list[dict], ctx: TaskContext) -> list[Example]:
     for row in rows:
         ids = ctx.prompts.encode(row["context"])
         answers = [str(a) for a in row["answers"]] or [""]
-        if ctx.policy.baseline == "no_context":
-            msgs = [{"role": "user", "content": f"{cfg.data.squad.prompt}{row['question']}"}]
-            prompt = ctx.prompts.chat(msgs)
-        else:
-            msgs = qa_messages(row["question"], cfg.data.squad.prompt,
-                               compressed=ctx.policy.compresses(len(ids)))
-            prompt = ctx.prompts.chat(msgs, [ids])
+        prompt = qa_prompt(ctx.prompts, ctx.rule,
+                           None if ctx.policy.baseline == "no_context" else ids,
+                           row["question"], cfg.data.squad.prompt)
         ex = Example(id=str(row["id"]), prompt=prompt, reference=answers[0],
                      references=answers,
                      max_new_tokens=max_new_tokens_for(cfg.evaluation, "qa"),
@@ -288,9 +298,8 @@ def build_repoqa(rows: list[dict], ctx: TaskContext) -> list[Example]:
     out = []
     for row in rows:
         ids = ctx.prompts.encode(row["context"])
-        msgs = repoqa_messages(row["description"], cfg.data.repoqa.instruction,
-                               compressed=ctx.policy.compresses(len(ids)))
-        prompt = ctx.prompts.chat(msgs, [ids])
+        prompt = repoqa_prompt(ctx.prompts, ctx.rule, ids, row["description"],
+                               cfg.data.repoqa.instruction)
         meta = {k: row[k] for k in ("language", "repo", "needle_name", "position_ratio")
                 if k in row}
         key = (str(row.get("language", "python")), str(row.get("repo", "")))
@@ -327,15 +336,16 @@ def build_trajectories(rows: list[dict], ctx: TaskContext) -> list[Example]:
             raise ValueError(f"trajectory {row['id']!r}: messages must be a list")
         assistant = [i for i, m in enumerate(messages) if m.get("role") == "assistant"]
         for turn, idx in enumerate(assistant[1:][:max_turns], 1):
-            msgs, contexts = compressed_conversation(messages[:idx], ctx.prompts.encode)
             target = messages[idx]["content"]
-            target_ids = ctx.prompts.encode(ctx.prompts.target_text(msgs, target))
+            prompt, contexts = trajectory_turn_prompt(ctx.prompts, messages, idx)
+            teacher_forced, _ = trajectory_turn_prompt(ctx.prompts, messages, idx, target)
+            target_ids = list(teacher_forced[-1].ids)  # the template's rendering of the turn
             ref_ids, stopped = _cut_at_stop(target_ids, stops)
             ex = Example(
-                id=f"{row['id']}#{turn}", prompt=ctx.prompts.chat(msgs, contexts),
+                id=f"{row['id']}#{turn}", prompt=prompt,
                 reference=target, reference_ids=ref_ids, max_new_tokens=len(ref_ids) + 1,
                 context_lengths=[len(c) for c in contexts],
-                teacher_forced=ctx.prompts.chat(msgs, contexts, answer=target),
+                teacher_forced=teacher_forced,
                 tf_tokens=len(ref_ids) + int(stopped),
                 meta={"trajectory_id": str(row["id"]), "turn": turn, "message_index": idx,
                       "num_contexts": len(contexts)})

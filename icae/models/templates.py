@@ -198,18 +198,6 @@ class PromptBuilder:
         return pieces
 
 
-def qa_messages(question: str, prompt: str, compressed: bool) -> list[dict]:
-    """SQuAD-style question over context 0: ``[context][FT] prompt question``."""
-    ft = marker_slot("ft") if compressed else "\n\n"
-    return [{"role": "user", "content": f"{context_slot(0)}{ft}{prompt}{question}"}]
-
-
-def repoqa_messages(description: str, instruction: str, compressed: bool) -> list[dict]:
-    ft = marker_slot("ft") if compressed else ""
-    return [{"role": "user", "content":
-             f"```\n{context_slot(0)}\n```{ft}\n\n{instruction}\n\nDescription:\n{description}"}]
-
-
 def compressed_conversation(messages: list[dict], encode) -> tuple[list[dict], list[list[int]]]:
     """Agent-trajectory layout: each message flagged ``compress`` (an observation) becomes a
     context slot holding its tokens; everything else stays text. ICAE compresses those

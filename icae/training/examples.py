@@ -13,13 +13,13 @@ from pathlib import Path
 
 from icae.config import ExperimentConfig
 from icae.models.base import EncodedPrompt
-from icae.models.templates import (Piece, compressed_conversation, qa_messages,
-                                   repoqa_messages)
+from icae.models.task_prompts import (PromptRule, first_target_index, qa_prompt,
+                                      repoqa_answer, repoqa_prompt, trajectory_conversation)
+from icae.models.templates import Piece
 
 log = logging.getLogger(__name__)
 
 TASK_AE, TASK_LM, TASK_FT = 0, 1, 2
-
 
 def is_icae(model) -> bool:
     return model.compresses_contexts
@@ -31,38 +31,37 @@ def pretrain_pieces(model, rec: dict) -> tuple[list[Piece], int]:
     return model.prompts.language_modelling(rec["context_ids"], rec["continuation_ids"]), TASK_LM
 
 
+# Fine-tuning prompts come from icae.models.task_prompts, the functions evaluation uses; a
+# training run may use every marker (it trains those it uses), so the rule has no marker
+# restriction here.
+
+
 def squad_pieces(model, rec: dict, prompt: str, answer: str | None) -> list[Piece]:
-    ctx = model.prompts.encode(rec["context"])
-    msgs = qa_messages(rec["question"], prompt, compressed=is_icae(model))
-    return model.prompts.chat(msgs, [ctx], answer=answer)
-
-
-def repoqa_answer(rec: dict) -> str:
-    return f"```{rec.get('language', '')}\n{rec['needle_code']}\n```"
+    return qa_prompt(model.prompts, PromptRule.for_model(model),
+                     model.prompts.encode(rec["context"]), rec["question"], prompt, answer)
 
 
 def repoqa_pieces(model, rec: dict, instruction: str, answer: str | None) -> list[Piece]:
-    ctx = model.prompts.encode(rec["context"])
-    msgs = repoqa_messages(rec["description"], instruction, compressed=is_icae(model))
-    return model.prompts.chat(msgs, [ctx], answer=answer)
-
-
-def first_target_index(messages: list[dict]) -> int:
-    """Targets are the assistant turns after the first user/assistant exchange."""
-    seen = 0
-    for i, msg in enumerate(messages):
-        if msg["role"] == "assistant":
-            seen += 1
-            if seen == 2:
-                return i
-    return len(messages)
+    return repoqa_prompt(model.prompts, PromptRule.for_model(model),
+                         model.prompts.encode(rec["context"]), rec["description"],
+                         instruction, answer)
 
 
 def trajectory_pieces(model, rec: dict, upto: int | None = None) -> list[Piece]:
     messages = rec["messages"][:upto] if upto else rec["messages"]
-    msgs, contexts = compressed_conversation(messages, model.prompts.encode)
-    return model.prompts.conversation(msgs, contexts,
-                                      first_trained_message=first_target_index(messages))
+    return trajectory_conversation(model.prompts, messages)
+
+
+def markers_in(model, encoded: list[EncodedPrompt]) -> list[str]:
+    """The learned markers that occur in ``encoded`` training examples (their embeddings
+    get gradients in this run); empty for the plain LLM, which has none."""
+    ids = getattr(model, "marker_ids", None)
+    if not ids:
+        return []
+    seen = set()
+    for enc in encoded:
+        seen.update(enc.input_ids)
+    return sorted(kind for kind, token in ids.items() if token in seen)
 
 
 @dataclass

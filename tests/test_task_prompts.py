@@ -58,36 +58,59 @@ def test_training_prompt_minus_answer_is_the_evaluation_prompt(tiny_tok, task, c
     assert (ft in ev.input_ids) == (model_type == "icae" and compressed)
 
 
-def test_training_conversation_matches_each_evaluated_turn(tiny_tok):
-    """Trajectories (prefix-stable template): the training sequence up to each target turn
-    is the evaluation prompt of that turn, and the target is its reference."""
-    from icae.evaluation.tasks import build_trajectories
-    from icae.training.examples import trajectory_pieces
+def _tokenizer(kind):
+    from transformers import AutoTokenizer
 
+    from icae.testing import tiny_tokenizer
+    from tests.conftest import shared_path
+
+    if kind in ("qwen3", "mistral"):
+        tok = AutoTokenizer.from_pretrained(str(shared_path("assets", "tokenizers", kind)))
+        if tok.pad_token is None:
+            tok.pad_token = tok.unk_token
+        return tok
+    return tiny_tokenizer(chat_template=kind == "chatml")
+
+
+def _trajectory():
     msg = lambda role, content, compress=False: {"role": role, "content": content,
                                                  "compress": compress}
-    rec = {"id": "t", "messages": [
+    return {"id": "t", "messages": [
         msg("system", "You are an agent."), msg("user", "Start."), msg("assistant", "ok"),
         msg("user", CONTEXT, True), msg("assistant", "run x"),
         msg("user", "The quick brown fox jumps over the lazy dog.", True),
-        msg("assistant", "done.")]}
-    for model_type in ("icae", "llm"):
-        model = _model(tiny_tok, model_type, 0)
-        cfg = load_config(None, [f"model.model_type={model_type}"])
-        train = model.encode(trajectory_pieces(model, rec))
-        tctx = TaskContext(cfg, model.prompts, ContextPolicy(model.cfg, model=model),
-                           list(model.stop_ids))
-        examples = build_trajectories([rec], tctx)
-        assert len(examples) == 2
-        starts = [i for i in range(1, len(train.labels))
-                  if train.labels[i] != IGNORE and train.labels[i - 1] == IGNORE]
-        assert len(starts) == 2
-        for start, ex in zip(starts, examples):
-            ev = model.encode(ex.prompt)
-            assert train.input_ids[:start] == ev.input_ids
-            assert train.position_ids[:start] == ev.position_ids
-            n = len(ex.reference_ids)
-            assert train.input_ids[start:start + n] == ex.reference_ids
+        msg("assistant", "done."), msg("user", "short"), msg("assistant", "bye")]}
+
+
+@pytest.mark.parametrize("kind", ["qwen3", "mistral", "chatml", "none"])
+@pytest.mark.parametrize("model_type", ["icae", "llm"])
+def test_training_sequences_hold_each_evaluated_turn(kind, model_type):
+    """Trajectories: whatever the template (Qwen3 re-renders earlier turns), every trained
+    turn is preceded by exactly its evaluation prompt (ids and positions) and its target
+    is the evaluation reference."""
+    from icae.evaluation.tasks import build_trajectories
+
+    tok = _tokenizer(kind)
+    model = _model(tok, model_type, 0)
+    cfg = load_config(None, [f"model.model_type={model_type}"])
+    rec = _trajectory()
+    train, stats = encode_records(model, cfg, "trajectories", [rec], 4096)
+    assert stats.skipped == 0
+    starts = [(enc, i) for enc in train for i in range(1, len(enc.labels))
+              if enc.labels[i] != IGNORE and enc.labels[i - 1] == IGNORE]
+    tctx = TaskContext(cfg, model.prompts, ContextPolicy(model.cfg, model=model),
+                       list(model.stop_ids))
+    examples = build_trajectories([rec], tctx)
+    assert len(examples) == len(starts) == 3
+    # Qwen3's template re-renders earlier turns: one sequence per turn; the others: one
+    assert len(train) == (3 if kind == "qwen3" else 1)
+    for (enc, start), ex in zip(starts, examples):
+        ev = model.encode(ex.prompt)
+        assert enc.input_ids[:start] == ev.input_ids
+        assert enc.position_ids[:start] == ev.position_ids
+        n = len(ex.reference_ids)
+        assert enc.input_ids[start:start + n] == ex.reference_ids
+        assert all(y != IGNORE for y in enc.labels[start:start + n])
 
 
 # --- item 9: markers ------------------------------------------------------------------------

@@ -26,7 +26,10 @@ pre-trained-only ICAE gets [LM] where [FT] would be).
              ``similarity to the target >= 0.8`` without the best-match condition.
 ``trajectories``
              one example per assistant turn after the first: the prompt is every message
-             before it, where user messages with ``compress: true`` become contexts.
+             before it, where user messages with ``compress: true`` become contexts
+             (``trajectory_turn_prompt``: earlier assistant turns tokenized on their own,
+             exactly as in the training sequence; see
+             :meth:`~icae.models.templates.PromptBuilder.conversation_prompt`).
 
 The plain LLM reads every ``C`` as text. The baselines change only the ``C`` pieces
 (:class:`ContextPolicy`): ``truncate`` keeps the *first* tokens of each context, as many as

@@ -136,14 +136,46 @@ def first_target_index(messages: list[dict]) -> int:
     return len(messages)
 
 
-def trajectory_conversation(builder, messages: list[dict]) -> list[Piece]:
-    """Training: the whole trajectory, observations flagged ``compress`` as contexts, its
-    assistant turns after the first exchange as targets (see
-    :meth:`~icae.models.templates.PromptBuilder.conversation` for templates that re-render
-    earlier turns)."""
+def target_turns(messages: list[dict]) -> list[int]:
+    """Indices of the assistant messages that are targets (after the first exchange)."""
+    first = first_target_index(messages)
+    return [i for i, m in enumerate(messages) if m.get("role") == "assistant" and i >= first]
+
+
+def trajectory_sequences(builder, messages: list[dict]) -> list[list[Piece]]:
+    """Training sequences of one trajectory, observations flagged ``compress`` as
+    contexts, the assistant turns after the first exchange as targets.
+
+    Both layouts are exact: every target is preceded by exactly its evaluation prompt
+    (:func:`trajectory_turn_prompt`: all earlier messages as the template renders them,
+    then the generation prompt) and is the template's rendering of that turn.
+
+    - Prefix-stable templates (ChatML, Mistral, Llama-3, template-less): one sequence for
+      the whole trajectory (:meth:`~icae.models.templates.PromptBuilder.conversation`).
+    - Templates that re-render earlier turns when a turn is added (Qwen3 writes the empty
+      ``<think>\n\n</think>\n\n`` only on turns after the last user message, so a turn
+      rendered as the final one changes once the next observation arrives): no single
+      sequence holds every turn's evaluation prompt, so each target turn gets its own
+      sequence, its evaluation prompt plus the turn (the teacher-forced sequence
+      evaluation scores, :func:`trajectory_turn_examples`). The seed, too, builds each
+      turn's prompt with the earlier turns' think blocks cut from the history. It costs
+      one pass per target over a growing history (with ICAE each observation is
+      compressed once per sequence that holds it)."""
     msgs, contexts = compressed_conversation(messages, builder.encode)
-    return builder.conversation(msgs, contexts,
-                                first_trained_message=first_target_index(messages))
+    if builder.prefix_stable(msgs):
+        return [builder.conversation(msgs, contexts,
+                                     first_trained_message=first_target_index(messages))]
+    return [pieces for _, pieces in trajectory_turn_examples(builder, messages, msgs, contexts)]
+
+
+def trajectory_turn_examples(builder, messages: list[dict], msgs=None, contexts=None
+                             ) -> list[tuple[int, list[Piece]]]:
+    """``(message index, evaluation prompt + that turn as target)`` for every target turn;
+    the same pieces as :func:`trajectory_turn_prompt` with ``answer``."""
+    if msgs is None:
+        msgs, contexts = compressed_conversation(messages, builder.encode)
+    return [(k, builder.conversation_prompt(msgs[:k], contexts, answer=messages[k]["content"]))
+            for k in target_turns(messages)]
 
 
 def trajectory_turn_prompt(builder, messages: list[dict], upto: int,
@@ -152,4 +184,4 @@ def trajectory_turn_prompt(builder, messages: list[dict], upto: int,
     before it), plus that message as the target when ``answer`` is given; and the
     contexts."""
     msgs, contexts = compressed_conversation(messages[:upto], builder.encode)
-    return builder.chat(msgs, contexts, answer=answer), contexts
+    return builder.conversation_prompt(msgs, contexts, answer=answer), contexts

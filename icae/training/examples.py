@@ -14,7 +14,7 @@ from pathlib import Path
 from icae.config import ExperimentConfig
 from icae.models.base import EncodedPrompt
 from icae.models.task_prompts import (PromptRule, first_target_index, qa_prompt,
-                                      repoqa_answer, repoqa_prompt, trajectory_conversation)
+                                      repoqa_answer, repoqa_prompt, trajectory_sequences)
 from icae.models.templates import Piece
 
 log = logging.getLogger(__name__)
@@ -47,9 +47,21 @@ def repoqa_pieces(model, rec: dict, instruction: str, answer: str | None) -> lis
                          instruction, answer)
 
 
-def trajectory_pieces(model, rec: dict, upto: int | None = None) -> list[Piece]:
+def trajectory_sequences_of(model, rec: dict, upto: int | None = None) -> list[list[Piece]]:
+    """The training sequences of a trajectory's first ``upto`` messages (one, or one per
+    target turn for templates that re-render earlier turns: see
+    :func:`icae.models.task_prompts.trajectory_sequences`)."""
     messages = rec["messages"][:upto] if upto else rec["messages"]
-    return trajectory_conversation(model.prompts, messages)
+    return trajectory_sequences(model.prompts, messages)
+
+
+def trajectory_pieces(model, rec: dict, upto: int | None = None) -> list[Piece]:
+    """The single training sequence of a trajectory (prefix-stable templates only)."""
+    seqs = trajectory_sequences_of(model, rec, upto)
+    if len(seqs) != 1:
+        raise ValueError("this chat template re-renders earlier turns: the trajectory is "
+                         "one sequence per target turn (use trajectory_sequences_of)")
+    return seqs[0]
 
 
 def markers_in(model, encoded: list[EncodedPrompt]) -> list[str]:
@@ -113,14 +125,30 @@ def encode_records(model, cfg: ExperimentConfig, dataset: str, records: list[dic
             enc = model.encode(repoqa_pieces(model, rec, cfg.data.repoqa.instruction,
                                              repoqa_answer(rec)))
         elif dataset == "trajectories":
-            upto = len(rec["messages"])
-            enc = model.encode(trajectory_pieces(model, rec, upto))
-            # Drop whole trailing turns rather than cut through an observation's memory.
-            while len(enc.input_ids) > max_length and upto > 4:
-                upto -= 2
-                enc = model.encode(trajectory_pieces(model, rec, upto))
-            if upto < len(rec["messages"]):
-                stats.truncated += 1
+            seqs = [model.encode(p) for p in trajectory_sequences_of(model, rec)]
+            if len(seqs) == 1:
+                upto = len(rec["messages"])
+                enc = seqs[0]
+                # Drop whole trailing turns rather than cut through an observation's memory.
+                while len(enc.input_ids) > max_length and upto > 4:
+                    upto -= 2
+                    enc = model.encode(trajectory_pieces(model, rec, upto))
+                if upto < len(rec["messages"]):
+                    stats.truncated += 1
+            else:
+                # One sequence per target turn, each longer than the one before: keep those
+                # that fit whole (a cut would drop the target at their end).
+                fitting = [e for e in seqs if len(e.input_ids) <= max_length]
+                if len(fitting) < len(seqs):
+                    stats.truncated += 1
+                for e in fitting[:-1]:
+                    if e.num_target_tokens:
+                        out.append(e)
+                        stats.examples += 1
+                if not fitting:
+                    stats.skip("first target turn does not fit max_length")
+                    continue
+                enc = fitting[-1]
         else:
             raise ValueError(f"unknown data set {dataset!r}")
         if enc.num_target_tokens == 0:

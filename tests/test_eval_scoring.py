@@ -113,3 +113,18 @@ def test_repo_needles_group_the_whole_eval_file_by_repository():
     assert repo_needles(rows) == {("python", "a"): {"f": "F", "g": "G"},
                                   ("go", "a"): {"f": "GOF"},
                                   ("python", "b"): {"h": "H", "i": "I"}}
+
+
+# --- item 7: the seed's teacher-forced text metrics ---------------------------------------
+
+
+def test_teacher_forced_text_scores(tiny_tok):
+    from icae.evaluation.run import teacher_forced_text_scores
+
+    ids = tiny_tok("run the tests\nthen stop", add_special_tokens=False)["input_ids"]
+    assert teacher_forced_text_scores(tiny_tok, ids, ids) == {
+        "tf_bleu1": 1.0, "tf_seed_exact_match_first_line": 1.0}
+    other = tiny_tok("run the tests\nand more", add_special_tokens=False)["input_ids"]
+    s = teacher_forced_text_scores(tiny_tok, other, ids)
+    assert s["tf_seed_exact_match_first_line"] == 1.0  # first lines agree
+    assert 0 < s["tf_bleu1"] < 1

@@ -180,9 +180,9 @@ class PromptBuilder:
         """Whether the template renders ``messages`` as one growing string: for every turn
         of ``train_roles``, the generation prompt before it extends the rendering up to the
         previous such turn, and the rendering with it extends that prompt. ChatML, Mistral
-        and Llama-3 templates are; Qwen3's is not when there are two assistant turns after
-        the last user message's predecessors (it writes the empty ``<think>`` block only on
-        turns after the last user message, so adding a turn re-renders the earlier one)."""
+        and Llama-3 templates are; Qwen3's is not once there are two assistant turns (it
+        writes the empty ``<think>`` block only on assistant turns after the last user
+        message, so the next user message re-renders the previous turn without it)."""
         rendered_so_far = ""
         for i, msg in enumerate(messages):
             if msg["role"] in train_roles:

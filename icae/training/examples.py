@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 
 TASK_AE, TASK_LM, TASK_FT = 0, 1, 2
 
+
 def is_icae(model) -> bool:
     return model.compresses_contexts
 

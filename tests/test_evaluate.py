@@ -4,6 +4,7 @@ baselines, checkpoints, and bad inputs."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 from pathlib import Path
 
@@ -73,7 +74,8 @@ def make_cfg(env, out: Path, *overrides: str):
         f"model.model_dir={env['model_dir']}", "model.mem_size=4",
         "model.mean_compression_rate=2", "model.lora_r=4", "model.lora_alpha=8",
         f"data.prepared_dir={env['data']}", f"output_root={out}", "evaluation.batch_size=2",
-        "evaluation.max_new_tokens=4", "evaluation.progress=false", *overrides])
+        "evaluation.max_new_tokens=4", "evaluation.max_new_tokens_by_task={repoqa: 4}",
+        "evaluation.progress=false", *overrides])
 
 
 def read_outputs(directory: Path) -> tuple[list[dict], list[dict], dict]:
@@ -230,7 +232,8 @@ def test_context_policy_budgets():
     icae = ContextPolicy(ModelConfig(mem_size=4, mean_compression_rate=2.0,
                                      min_compress_len=3), "none")
     assert icae.account([17, 2]) == {"context_tokens": 19, "memory_tokens": 11,
-                                     "memory_slots": 9, "compression_rate": 19 / 11}
+                                     "memory_slots": 9, "compression_rate": 19 / 11,
+                                     "contexts": 2, "contexts_compressed": 1}
 
 
 def test_policy_matches_model_memory_slots(tiny_tok):
@@ -242,6 +245,63 @@ def test_policy_matches_model_memory_slots(tiny_tok):
         expected = model.num_memory_slots(n) if model.compresses(n) else 0
         assert policy.memory_slots(n) == expected
         assert policy.compresses(n) == model.compresses(n)
+        # the truncate baseline keeps exactly as many tokens as ICAE has slots
+        llm_cfg = dataclasses.replace(model.cfg, model_type="llm")
+        truncate = ContextPolicy(llm_cfg, "truncate")
+        assert truncate.visible(n) == (min(n, expected) if model.compresses(n) else n)
+
+
+def test_policy_calls_the_models_slot_rule(tiny_tok, monkeypatch):
+    """The truncate budget is ICAE.num_memory_slots itself, not a copy of its formula."""
+    from icae.config import ModelConfig
+    from icae.models.icae import ICAE
+
+    monkeypatch.setattr(ICAE, "num_memory_slots", lambda self, n: n // 3)
+    cfg = ModelConfig(model_type="llm", mem_size=4, mean_compression_rate=2.0)
+    assert [ContextPolicy(cfg, "truncate").visible(n) for n in (3, 9, 30)] == [1, 3, 10]
+
+
+def test_policy_stand_in_follows_slot_rule():
+    """Without an ICAE the stand-in still carries model.slot_rule: fixed gives every
+    compressed segment mem_size slots, proportional ceil(n / rate)."""
+    from icae.config import ModelConfig
+    from icae.models import positions as P
+
+    for rule in ("proportional", "fixed"):
+        cfg = ModelConfig(model_type="llm", mem_size=4, mean_compression_rate=2.0,
+                          min_compress_len=3, slot_rule=rule)
+        policy = ContextPolicy(cfg, "truncate")
+        for n in (0, 2, 3, 5, 8, 17):
+            assert policy.memory_slots(n) == P.context_slots(n, 4, 2.0, rule, 3)
+    fixed = ContextPolicy(ModelConfig(mem_size=4, mean_compression_rate=2.0,
+                                      min_compress_len=3, slot_rule="fixed"))
+    prop = ContextPolicy(ModelConfig(mem_size=4, mean_compression_rate=2.0,
+                                     min_compress_len=3))
+    assert fixed.memory_slots(5) == 4 and prop.memory_slots(5) == 3
+
+
+def test_effective_and_configured_rates_are_recorded(env, tmp_path):
+    """A context shorter than a segment gets fewer tokens per slot than configured; the
+    effective rate measured on the data is written beside the configured one."""
+    for model_type in ("icae", "llm"):
+        cfg = make_cfg(env, tmp_path / model_type, "evaluation.task=qa",
+                       f"model.model_type={model_type}", "model.mem_size=16")
+        summary = evaluate(cfg)
+        preds, rows, _ = read_outputs(Path(summary["output_dir"]))
+        ctx = sum(p["context_tokens"] for p in preds)
+        mem = sum(p["memory_tokens"] for p in preds)
+        assert summary["compression_rate_effective"] == pytest.approx(ctx / mem)
+        for r in rows:
+            assert float(r["compression_rate_effective"]) == pytest.approx(ctx / mem)
+        if model_type == "icae":
+            assert summary["compression_rate_configured"] == 2.0
+            assert {r["compression_rate_configured"] for r in rows} == {"2.0"}
+            assert ctx / mem <= 2.0  # short contexts: at most the configured rate
+            assert summary["metrics"]["contexts_compressed_fraction"] == 1.0
+        else:
+            assert summary["compression_rate_configured"] is None
+            assert {r["compression_rate_configured"] for r in rows} == {""}
+            assert ctx / mem == 1.0
 
 
 def test_teacher_forced_scores_match_model_loss(tiny_tok):
@@ -371,3 +431,26 @@ def test_cli_reports_errors(env, tmp_path, capsys):
         main(args + ["evaluation.baseline=truncate"])
     assert exc.value.code == 2
     assert "set model.model_type=llm" in capsys.readouterr().err
+
+
+def test_pretrained_only_checkpoint_gets_no_ft_marker(env, tmp_path):
+    """A checkpoint that never trained [FT] is evaluated on QA with [LM] in its place; one
+    that never trained [AE] cannot be evaluated on autoencoding."""
+    from icae.models import build_model
+    from icae.models.checkpoint import save_checkpoint
+
+    cfg = make_cfg(env, tmp_path, "evaluation.task=qa")
+    model = build_model(cfg.model)
+    pre = save_checkpoint(model, tmp_path / "pre", extra={"stage": "pretrain",
+                                                          "trained_markers": ["ae", "lm"]})
+    summary = evaluate(make_cfg(env, tmp_path, "evaluation.task=qa",
+                                f"evaluation.checkpoint={pre}"))
+    assert summary["trained_markers"] == ["ae", "lm"] and summary["prompt_markers"] == ["lm"]
+    fine = save_checkpoint(model, tmp_path / "ft", extra={"stage": "finetune"})  # old format
+    summary = evaluate(make_cfg(env, tmp_path, "evaluation.task=qa",
+                                f"evaluation.checkpoint={fine}"))
+    assert summary["prompt_markers"] == ["ft"]
+    lm_only = save_checkpoint(model, tmp_path / "lm", extra={"trained_markers": ["lm"]})
+    with pytest.raises(ValueError, match=r"evaluation\.checkpoint=.*never trained the \[AE\]"):
+        evaluate(make_cfg(env, tmp_path, "evaluation.task=ae",
+                          f"evaluation.checkpoint={lm_only}"))

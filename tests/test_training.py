@@ -81,6 +81,7 @@ def test_pretrain_then_every_finetune(workdir, tmp_path):
     for col in ("ae_loss", "lm_loss", "trained_tokens", "eval_loss", "eval_ae_bleu1"):
         assert col in log_text.splitlines()[0], col
     assert (tmp_path / "t" / "pretrain.resume").is_dir()  # resume state lives outside
+    assert read_meta(ckpt)["trained_markers"] == ["ae", "lm"]  # pre-training never uses [FT]
 
     for dataset in ("squad", "repoqa", "trajectories"):
         for model_type in ("icae", "llm"):
@@ -90,6 +91,11 @@ def test_pretrain_then_every_finetune(workdir, tmp_path):
             meta = finetune(ft)
             out = tmp_path / "t" / f"finetune-{dataset}-{model_type}"
             assert read_meta(out)["model_type"] == model_type
+            # squad / repoqa train [FT] on top of the pre-trained markers; trajectories
+            # have no marker; the LLM has none at all
+            assert read_meta(out)["trained_markers"] == (
+                [] if model_type == "llm" else
+                ["ae", "lm"] if dataset == "trajectories" else ["ae", "ft", "lm"])
             assert math.isfinite(meta["train_loss"])
             # the checkpoint loads for evaluation
             build_model(ft.model, checkpoint=out)

@@ -7,6 +7,13 @@ there; with ``checkpoint: null`` the untrained model is evaluated (LoRA adapters
 identity at initialisation; ICAE's memory and marker embeddings are random, drawn after
 seeding with ``seed``).
 
+Prompts never hold a learned marker that the checkpoint did not train (its
+``trained_markers``, :func:`icae.models.checkpoint.trained_markers`): a pre-trained-only
+ICAE is asked QA / RepoQA questions with [LM] where a fine-tuned one has [FT]
+(:mod:`icae.models.task_prompts`). ``summary.json`` records ``trained_markers`` and the
+``prompt_markers`` actually used. With ``checkpoint: null`` nothing restricts the markers
+(every learned embedding of the untrained model is random anyway).
+
 Baselines (``evaluation.baseline``, plain LLM only): ``none`` reads every context in full,
 ``truncate`` keeps the first tokens of each context, as many as ICAE has memory slots for
 it (``mem_size * ceil(L / (mem_size * mean_compression_rate))``, never more than ``L``;
@@ -16,9 +23,11 @@ contexts ICAE would keep as text because of ``model.min_compress_len`` stay whol
 Examples: the first ``evaluation.num_samples`` rows of the file in file order (for
 trajectories: the first N trajectories); decoding is greedy with a KV cache, in batches
 of ``evaluation.batch_size`` prompts grouped by length (longest first, ties in file
-order), so runs are deterministic. Budgets: ``evaluation.max_new_tokens`` for qa and
-repoqa; the reference length plus one (its end token) for ae and trajectories, whose
-metrics compare whole sequences.
+order), so runs are deterministic. Budgets (:func:`icae.config.max_new_tokens_for`): qa and
+repoqa take ``evaluation.max_new_tokens_by_task.<task>`` when set, else the task's default
+(repoqa: 1024, the official RepoQA harness's ``max_new_tokens``), else
+``evaluation.max_new_tokens``; ae and trajectories decode the reference length plus one
+(its end token), since their metrics compare whole sequences.
 
 Outputs in ``evaluation.output_dir`` (default
 ``<output_root>/<run_name>/eval/<evaluation.variant>/<task>``), each written atomically:
@@ -39,7 +48,11 @@ Token counts per example: ``context_tokens`` are the tokens of all contexts in t
 ``memory_tokens`` the decoder positions that stand for them (ICAE: memory slots, plus the
 text of contexts too short to compress; LLM: the context tokens it reads, all of them,
 the truncated part, or none); ``memory_slots`` ICAE's learned slots alone;
-``compression_rate = context_tokens / memory_tokens`` (null when nothing is kept).
+``compression_rate = context_tokens / memory_tokens`` (null when nothing is kept);
+``contexts`` / ``contexts_compressed`` count the prompt's contexts and those ICAE
+compresses. Over the whole run this is ``compression_rate_effective`` (in ``metrics.csv``
+and ``summary.json``, next to ``compression_rate_configured``: a context shorter than
+``mem_size * rate`` or kept as text lowers the effective rate below the configured one).
 
 Timings come from the model (``compress_s``: encoder and memory; ``generate_s``: decoding
 including the prompt's prefill) per batch and are split evenly over its examples, so a
@@ -61,6 +74,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from icae.config import BUDGETED_TASKS, max_new_tokens_for
 from icae.evaluation import metrics as M
 from icae.evaluation.tasks import (BUILDERS, DATASETS, ContextPolicy, Example, TaskContext,
                                    finite, load_rows, score)
@@ -70,16 +84,20 @@ from icae.utils import atomic_write_json, atomic_write_jsonl, atomic_write_text
 log = logging.getLogger(__name__)
 
 CSV_COLUMNS = ("run", "variant", "model_type", "baseline", "base_model", "task", "dataset",
-               "mem_size", "compression_rate", "position_layout", "checkpoint", "metric",
+               "mem_size", "compression_rate", "compression_rate_configured",
+               "compression_rate_effective", "position_layout", "checkpoint", "metric",
                "value", "n")
 
 # Metrics reported per task (before the common token and timing metrics).
 TASK_METRICS = {
     "ae": ("bleu1", "token_accuracy", "exact_match"),
     "qa": ("exact_match", "f1", "bleu1"),
-    "repoqa": ("similarity", "pass@0.8", "bleu1"),
+    "repoqa": ("similarity", "pass@0.8", "similarity_pass@0.8", "best_needle_match", "bleu1"),
     "trajectories": ("ar_bleu1", "ar_token_accuracy", "ar_exact_match", "tf_token_accuracy",
-                     "tf_loss"),
+                     "tf_loss", "tf_exact_match",
+                     # the seed's definitions (icae.evaluation.metrics, "seed_*")
+                     "ar_seed_token_accuracy", "ar_seed_exact_match_first_line", "tf_bleu1",
+                     "tf_seed_exact_match_first_line"),
 }
 PERCENT = {("qa", "exact_match"), ("qa", "f1")}  # as the official SQuAD v1.1 script
 
@@ -151,9 +169,25 @@ def evaluate(cfg, model=None) -> dict:
     if e.baseline != "none" and model_cfg.model_type != "llm":
         raise ValueError("evaluation.baseline: the truncate and no_context baselines read "
                          "plain text: set model.model_type=llm")
-    policy = ContextPolicy(model_cfg, e.baseline)
-    tctx = TaskContext(cfg, model.prompts, policy, list(model.stop_ids))
-    examples = BUILDERS[task](rows, tctx)
+    policy = ContextPolicy(model_cfg, e.baseline, model=model)
+    needles = None
+    if task == "repoqa":  # every needle of each repository, not only the evaluated tasks'
+        from icae.data.io import iter_jsonl
+        from icae.evaluation.tasks import repo_needles
+
+        needles = repo_needles(row for _, row in iter_jsonl(
+            data_path, skip_bad_lines=cfg.data.skip_bad_lines))
+    trained = None
+    if meta is not None and model_cfg.model_type == "icae":
+        from icae.models.checkpoint import trained_markers
+
+        trained = trained_markers(meta, e.checkpoint)
+    tctx = TaskContext(cfg, model.prompts, policy, list(model.stop_ids), needles=needles,
+                       trained_markers=trained)
+    try:
+        examples = BUILDERS[task](rows, tctx)
+    except ValueError as exc:
+        raise ValueError(f"evaluation.checkpoint={e.checkpoint}: {exc}") from None
     if not examples:
         raise ValueError(f"{data_path}: no example to evaluate for task {task!r}"
                          + (" (each trajectory needs at least two assistant messages)"
@@ -174,6 +208,8 @@ def evaluate(cfg, model=None) -> dict:
         timings = dict(gen["timings"][i])
         if tf is not None:
             scores.update(tf[i]["metrics"])
+            scores.update(teacher_forced_text_scores(tok, tf[i]["pred_ids"],
+                                                     tf[i]["target_ids"]))
             timings["teacher_forced_s"] = tf[i]["seconds"]
         acct = policy.account(ex.context_lengths)
         rec = {"id": ex.id, "prediction": text, "reference": ex.reference}
@@ -192,6 +228,8 @@ def evaluate(cfg, model=None) -> dict:
     wall = time.perf_counter() - t_start
     metrics = summarize(task, records, gen, wall, policy)
     summary = _summary(cfg, model_cfg, task, data_path, out_dir, metrics, meta, model)
+    summary["trained_markers"] = None if trained is None else sorted(trained)
+    summary["prompt_markers"] = prompt_markers(examples)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     from icae.config import write_resolved_config
@@ -275,19 +313,45 @@ def teacher_forced_scores(model, examples: list[Example], batch_size: int, progr
             rows_t, cols_t = torch.cat(rows), torch.cat(cols)
             logits = model.lm_head(hidden[:, :-1][rows_t, cols_t]).float()
             target = y[rows_t, cols_t]
-            correct = (logits.argmax(-1) == target).float().cpu()
+            argmax = logits.argmax(-1)
+            correct = (argmax == target).float().cpu()
             losses = F.cross_entropy(logits, target, reduction="none").cpu()
+            argmax, target = argmax.cpu().tolist(), target.cpu().tolist()
             elapsed = (time.perf_counter() - t0) / len(batch)
             start = 0
             for i, k in zip(batch, counts):
                 nan = float("nan")
                 results[i] = {"metrics": {
                     "tf_token_accuracy": float(correct[start:start + k].mean()) if k else nan,
+                    "tf_exact_match": float(bool(correct[start:start + k].all())) if k else nan,
                     "tf_loss": float(losses[start:start + k].mean()) if k else nan},
+                    "pred_ids": argmax[start:start + k], "target_ids": target[start:start + k],
                     "tokens": k, "seconds": elapsed}
                 start += k
             bar.update(len(batch))
     return results
+
+
+def prompt_markers(examples: list[Example]) -> list[str]:
+    """The learned markers that occur in the evaluated prompts (for the summary: a reader
+    can check them against the checkpoint's ``trained_markers``)."""
+    from icae.models.templates import Marker
+
+    kinds = {p.kind for ex in examples for pieces in (ex.prompt, ex.teacher_forced or [])
+             for p in pieces if isinstance(p, Marker)}
+    return sorted(kinds)
+
+
+def teacher_forced_text_scores(tok, pred_ids: list[int], target_ids: list[int]) -> dict:
+    """The seed's teacher-forced text metrics: the argmax predictions at the labelled
+    positions and the labels, decoded without special tokens and stripped, scored with
+    BLEU-1 and the seed's first-line exact match."""
+    if not target_ids:
+        return {"tf_bleu1": float("nan"), "tf_seed_exact_match_first_line": float("nan")}
+    hyp = tok.decode(pred_ids, skip_special_tokens=True).strip()
+    ref = tok.decode(target_ids, skip_special_tokens=True).strip()
+    return {"tf_bleu1": M.bleu1(ref, hyp),
+            "tf_seed_exact_match_first_line": M.seed_exact_match_first_line(hyp, ref)}
 
 
 # ---------------------------------------------------------------------------------------
@@ -363,6 +427,10 @@ def summarize(task: str, records: list[dict], gen: dict, wall: float,
     if policy.is_icae:
         rows.append(("memory_slots_total", sum(r["memory_slots"] for r in records), n))
     rows.append(("compression_rate", _ratio(ctx, mem), n))
+    contexts = sum(r.get("contexts", 0) for r in records)
+    rows.append(("contexts_compressed_fraction",
+                 sum(r.get("contexts_compressed", 0) for r in records) / contexts
+                 if contexts else None, n))
     rows.append(("prompt_tokens_mean", _mean(r["prompt_tokens"] for r in records)[0], n))
 
     generated = sum(r["generated_tokens"] for r in records)
@@ -385,11 +453,23 @@ UNITS = {
     "exact_match": "qa: percent (official SQuAD v1.1); ae: fraction of exact strings",
     "f1": "percent (official SQuAD v1.1, max over gold answers)",
     "similarity": "RepoQA function similarity in [0,1]",
-    "pass@0.8": "fraction with similarity >= 0.8",
+    "pass@0.8": ("RepoQA's official pass@0.8 (evalplus compute_score): the most similar of "
+                 "the repository's needles is the target and its similarity >= 0.8"),
+    "similarity_pass@0.8": ("fraction with similarity to the target >= 0.8, without the "
+                            "best-match condition (looser than pass@0.8)"),
+    "best_needle_match": "fraction whose most similar repository needle is the target",
     "ar_*": "autoregressive (greedy) prediction vs the turn's target",
     "tf_*": "teacher-forced: argmax accuracy / mean cross-entropy (nats) on target tokens",
+    "tf_exact_match": "teacher-forced: 1 when every target token is the argmax prediction",
+    "tf_bleu1": "teacher-forced (seed): BLEU-1 of the decoded argmax predictions vs targets",
+    "*seed_exact_match_first_line": ("the seed's exact match: normalised first lines equal "
+                                     "(looser than exact_match)"),
+    "ar_seed_token_accuracy": ("the seed's token accuracy: equal positions / the longer of "
+                               "prediction and reference (extra tokens count as errors)"),
     "trajectory_*": "mean over trajectories of the per-trajectory mean over turns",
-    "compression_rate": "context tokens / decoder positions standing for them",
+    "compression_rate": ("effective rate measured on the evaluated examples: context tokens "
+                         "/ decoder positions standing for them (= compression_rate_effective)"),
+    "contexts_compressed_fraction": "fraction of contexts ICAE compresses (the rest stay text)",
     "*_time_s": "seconds, summed over batches",
     "latency_s": "mean per example (batch time / batch size)",
     "tokens_per_second": "tokens decoded (every row, up to its batch's budget) / generate time",
@@ -414,12 +494,15 @@ def _summary(cfg, model_cfg, task, data_path, out_dir, metrics, meta, model) -> 
         "mean_compression_rate": (model_cfg.mean_compression_rate
                                   if is_icae or e.baseline == "truncate" else None),
         "position_layout": model_cfg.position_layout if is_icae else None,
+        "compression_rate_configured": _configured_rate(cfg, model_cfg),
+        "compression_rate_effective": _effective_rate(metrics),
         "num_examples": next(v for k, v, _ in metrics if k == "num_examples"),
         "metrics": {k: v for k, v, _ in metrics},
         "n": {k: c for k, _, c in metrics},
         "units": UNITS,
         "generation": {"decoding": "greedy", "kv_cache": True, "batch_size": e.batch_size,
-                       "max_new_tokens": (e.max_new_tokens if task in ("qa", "repoqa")
+                       "max_new_tokens": (max_new_tokens_for(e, task)
+                                          if task in BUDGETED_TASKS
                                           else "reference length + 1")},
         "device": str(model.device),
         "output_dir": str(out_dir),
@@ -428,10 +511,29 @@ def _summary(cfg, model_cfg, task, data_path, out_dir, metrics, meta, model) -> 
     }
 
 
+def _configured_rate(cfg, model_cfg) -> float | None:
+    """``model.mean_compression_rate`` where it sets the budget (ICAE, truncate baseline)."""
+    if model_cfg.model_type == "icae" or cfg.evaluation.baseline == "truncate":
+        return model_cfg.mean_compression_rate
+    return None
+
+
+def _effective_rate(metrics) -> float | None:
+    """The rate measured on the data: all context tokens of the evaluated examples over the
+    decoder positions that stand for them (memory slots, plus the tokens of contexts kept
+    as text). Below the configured rate when contexts are short or stay text."""
+    return next((v for k, v, _ in metrics if k == "compression_rate"), None)
+
+
 def metrics_csv(cfg, model_cfg, task: str, metrics) -> str:
     """Long format; ``mem_size``, ``compression_rate`` and ``position_layout`` describe
     ICAE's configuration and are blank for the LLM (the truncate baseline keeps
-    ``mem_size`` and ``compression_rate``: they set its budget)."""
+    ``mem_size`` and ``compression_rate``: they set its budget).
+
+    ``compression_rate_configured`` repeats the configured rate (same blanks as
+    ``compression_rate``, kept for readers of that column); ``compression_rate_effective``
+    is the rate measured on the evaluated examples (:func:`_effective_rate`; 1.0 for the
+    full-context LLM, blank when no context is kept), on every row of the run."""
     e = cfg.evaluation
     is_icae = model_cfg.model_type == "icae"
     budget = is_icae or e.baseline == "truncate"
@@ -441,6 +543,9 @@ def metrics_csv(cfg, model_cfg, task: str, metrics) -> str:
         "dataset": DATASETS[task][0],
         "mem_size": model_cfg.mem_size if budget else "",
         "compression_rate": model_cfg.mean_compression_rate if budget else "",
+        "compression_rate_configured": model_cfg.mean_compression_rate if budget else "",
+        "compression_rate_effective": ("" if _effective_rate(metrics) is None
+                                       else _effective_rate(metrics)),
         "position_layout": model_cfg.position_layout if is_icae else "",
         "checkpoint": e.checkpoint or "",
     }

@@ -105,3 +105,31 @@ def load_checkpoint(model, directory: str | Path, strict_base_name: bool = False
                                  f"{tuple(tensor.shape)}, the model expects {tuple(p.shape)}")
             p.copy_(tensor.to(p.dtype))
     return meta
+
+
+def trained_markers(meta: dict, directory: str | Path | None = None) -> frozenset[str]:
+    """The learned markers ([AE], [LM], [FT]) whose embeddings a checkpoint trained.
+
+    New checkpoints record ``trained_markers`` (the markers in the training examples of
+    every stage that led to them, see :mod:`icae.training.run`). For older ones without
+    the key: ``stage: finetune`` is assumed to have trained all three (the fine-tune
+    started from a pre-trained ICAE, the workflow's only path); ``stage: pretrain`` (or no
+    stage) [AE] and [LM], narrowed by the ``data.pretrain.lm_ratio`` of its ``config.yaml``
+    when that is readable (0: [AE] only, 1: [LM] only). The plain LLM has no markers.
+    """
+    if "trained_markers" in meta:
+        return frozenset(str(m) for m in meta["trained_markers"])
+    if meta.get("model_type") != "icae":
+        return frozenset()
+    if meta.get("stage") == "finetune":
+        return frozenset(("ae", "lm", "ft"))
+    ratio = 0.5
+    if directory is not None and (Path(directory) / "config.yaml").is_file():
+        import yaml
+
+        try:
+            cfg = yaml.safe_load((Path(directory) / "config.yaml").read_text("utf-8")) or {}
+            ratio = float(cfg.get("data", {}).get("pretrain", {}).get("lm_ratio", 0.5))
+        except (yaml.YAMLError, AttributeError, TypeError, ValueError):
+            ratio = 0.5
+    return frozenset(m for m, used in (("ae", ratio < 1), ("lm", ratio > 0)) if used)

@@ -1,4 +1,9 @@
-"""``pretrain`` and ``finetune`` commands."""
+"""``pretrain`` and ``finetune`` commands.
+
+Each checkpoint records ``trained_markers``: the learned markers that occur in its training
+examples, plus (fine-tuning) those its ``init_checkpoint`` had trained. Evaluation uses it
+to keep untrained marker embeddings out of prompts (:mod:`icae.models.task_prompts`).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ from pathlib import Path
 
 from icae.config import ExperimentConfig, TrainingConfig, dump_config
 from icae.models import build_model
-from icae.training.examples import encode_records, load_records
+from icae.training.examples import encode_records, load_records, markers_in
 from icae.training.trainer import train
 from icae.utils import seed_everything
 
@@ -95,7 +100,8 @@ def pretrain(cfg: ExperimentConfig, args=None) -> dict:
     out, resume = _dirs(cfg, t, "pretrain")
     return train(model, train_set, eval_set, t, output_dir=out, resume_dir=resume,
                  seed=cfg.seed, config_text=dump_config(cfg), ae_contexts=ae_contexts,
-                 extra_meta={"stage": "pretrain", "examples": stats.examples})
+                 extra_meta={"stage": "pretrain", "examples": stats.examples,
+                             "trained_markers": markers_in(model, train_set)})
 
 
 def finetune(cfg: ExperimentConfig, args=None) -> dict:
@@ -108,7 +114,13 @@ def finetune(cfg: ExperimentConfig, args=None) -> dict:
     model = build_model(cfg.model, checkpoint=t.init_checkpoint)
     train_set, eval_set, stats = _build(cfg, t.dataset, t, model)
     out, resume = _dirs(cfg, t, f"finetune-{t.dataset}-{cfg.model.model_type}")
+    markers = set(markers_in(model, train_set))
+    if t.init_checkpoint and cfg.model.model_type == "icae":
+        from icae.models.checkpoint import read_meta, trained_markers
+
+        markers |= trained_markers(read_meta(t.init_checkpoint), t.init_checkpoint)
     return train(model, train_set, eval_set, t, output_dir=out, resume_dir=resume,
                  seed=cfg.seed, config_text=dump_config(cfg),
                  extra_meta={"stage": "finetune", "dataset": t.dataset,
-                             "init_checkpoint": t.init_checkpoint, "examples": stats.examples})
+                             "init_checkpoint": t.init_checkpoint, "examples": stats.examples,
+                             "trained_markers": sorted(markers)})

@@ -70,3 +70,70 @@ def test_different_base_model_is_named(tiny_tok, tmp_path):
 def test_missing_checkpoint(tiny_tok, tmp_path):
     with pytest.raises(FileNotFoundError, match="not a checkpoint"):
         load_checkpoint(make_icae(tiny_tok), tmp_path / "nothing")
+
+
+@pytest.mark.parametrize("change, needle", [
+    (dict(lora_alpha=16), "lora_alpha is 8 in the checkpoint but 16"),
+    (dict(layout="default"), "position_layout is 'epl' in the checkpoint but 'default'"),
+    (dict(rate=4.0), "mean_compression_rate is 2.0 in the checkpoint but 4.0"),
+])
+def test_adapter_and_layout_settings_are_checked(tiny_tok, tmp_path, change, needle):
+    save_checkpoint(make_icae(tiny_tok), tmp_path / "ckpt")
+    with pytest.raises(ValueError, match=needle):
+        load_checkpoint(make_icae(tiny_tok, **change), tmp_path / "ckpt")
+
+
+def test_check_settings_names_the_key_before_loading(tiny_tok, tmp_path):
+    from icae.config import ModelConfig
+    from icae.models.checkpoint import check_settings, read_meta
+
+    save_checkpoint(make_icae(tiny_tok), tmp_path / "ckpt")
+    meta = read_meta(tmp_path / "ckpt")
+    ok = ModelConfig(mem_size=4, mean_compression_rate=2, lora_r=4, lora_alpha=8)
+    check_settings(meta, ok, "ckpt")
+    for key, value in [("position_layout", "linspace"), ("mean_compression_rate", 3.0),
+                       ("lora_alpha", 32), ("mem_size", 8)]:
+        bad = ModelConfig(mem_size=4, mean_compression_rate=2, lora_r=4, lora_alpha=8)
+        setattr(bad, key, value)
+        with pytest.raises(ValueError, match=f"model.{key}="):
+            check_settings(meta, bad, "ckpt")
+
+
+def test_same_shape_different_base_weights_fail(tiny_tok, tmp_path):
+    save_checkpoint(make_icae(tiny_tok, seed=0), tmp_path / "ckpt")
+    with pytest.raises(ValueError, match="another base model.*differ"):
+        load_checkpoint(make_icae(tiny_tok, seed=5), tmp_path / "ckpt")
+
+
+def test_same_base_in_another_dtype_loads(tiny_tok, tmp_path):
+    save_checkpoint(make_icae(tiny_tok, seed=0), tmp_path / "ckpt")
+    for dtype in (torch.bfloat16, torch.float16):
+        model = make_icae(tiny_tok, seed=0)
+        model.base.to(dtype)
+        model._base_fingerprint = None
+        load_checkpoint(model, tmp_path / "ckpt")
+
+
+def test_old_checkpoint_without_fingerprint_loads_with_a_warning(tiny_tok, tmp_path, caplog):
+    import json
+
+    save_checkpoint(make_icae(tiny_tok), tmp_path / "ckpt")
+    meta_path = tmp_path / "ckpt" / "checkpoint.json"
+    meta = json.loads(meta_path.read_text())
+    for key in ("base_fingerprint", "lora_alpha", "position_layout", "mean_compression_rate"):
+        meta.pop(key)
+    meta_path.write_text(json.dumps(meta))
+    with caplog.at_level("WARNING"):
+        load_checkpoint(make_icae(tiny_tok, seed=5), tmp_path / "ckpt")
+    assert "no base-model fingerprint" in caplog.text
+
+
+def test_corrupt_weights_and_metadata_are_named(tiny_tok, tmp_path):
+    save_checkpoint(make_icae(tiny_tok), tmp_path / "ckpt")
+    weights = tmp_path / "ckpt" / "trained.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(ValueError, match="trained.safetensors: cannot read the weights"):
+        load_checkpoint(make_icae(tiny_tok), tmp_path / "ckpt")
+    (tmp_path / "ckpt" / "checkpoint.json").write_text('{"model_type": "ic')
+    with pytest.raises(ValueError, match="checkpoint.json: corrupt checkpoint metadata"):
+        load_checkpoint(make_icae(tiny_tok), tmp_path / "ckpt")

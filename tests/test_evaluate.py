@@ -321,11 +321,19 @@ def test_mismatched_checkpoint(env, tmp_path):
 
     model = build_model(make_cfg(env, tmp_path).model)
     ckpt = save_checkpoint(model, tmp_path / "ckpt")
-    with pytest.raises(ValueError, match="mem_size is 4 in the checkpoint but 8 here"):
+    with pytest.raises(ValueError, match="model.mem_size=4, but model.mem_size=8 here"):
         evaluate(make_cfg(env, tmp_path, f"evaluation.checkpoint={ckpt}", "model.mem_size=8"))
-    with pytest.raises(ValueError, match="model_type is 'icae' in the checkpoint"):
+    with pytest.raises(ValueError, match="model.model_type='icae', but model.model_type="):
         evaluate(make_cfg(env, tmp_path, f"evaluation.checkpoint={ckpt}",
                           "model.model_type=llm"))
+    # A different layout or rate changes what the memory means: an error, not a warning.
+    with pytest.raises(ValueError, match="position_layout='epl', but model.position_layout="
+                                         "'linspace' here; set model.position_layout=epl"):
+        evaluate(make_cfg(env, tmp_path, f"evaluation.checkpoint={ckpt}",
+                          "model.position_layout=linspace"))
+    with pytest.raises(ValueError, match="mean_compression_rate=2.0, but"):
+        evaluate(make_cfg(env, tmp_path, f"evaluation.checkpoint={ckpt}",
+                          "model.mean_compression_rate=4"))
 
 
 @pytest.mark.parametrize("content, error, match", [

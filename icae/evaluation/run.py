@@ -102,21 +102,17 @@ def run(cfg, args=None) -> dict:
 
 
 def check_checkpoint(path: str | None, model_cfg) -> dict | None:
-    """Fail early with the path when a checkpoint is missing; warn about settings that
-    the checkpoint does not enforce but that change what its weights mean."""
+    """Fail early, before any data or model is loaded: a missing checkpoint, or one whose
+    settings (position layout, compression rate, memory size, adapter) differ from
+    ``model.*``, is an error naming the key (the same rule as fine-tuning and resuming)."""
     if not path:
         return None
-    from icae.models.checkpoint import read_meta
+    from icae.models.checkpoint import check_settings, read_meta
 
     if not Path(path).exists():
         raise FileNotFoundError(f"evaluation.checkpoint: {path} does not exist")
     meta = read_meta(path)  # FileNotFoundError when the folder is not a checkpoint
-    for key in ("position_layout", "mean_compression_rate"):
-        mine = getattr(model_cfg, key)
-        if meta.get(key) is not None and meta.get(key) != mine and (
-                meta.get("model_type") == "icae"):
-            log.warning("checkpoint %s was trained with model.%s=%r; evaluating with %r",
-                        path, key, meta.get(key), mine)
+    check_settings(meta, model_cfg, str(path))
     return meta
 
 

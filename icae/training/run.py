@@ -62,6 +62,10 @@ def finetune(cfg: ExperimentConfig, args=None) -> dict:
         log.info("llm baseline: starting from %s", t.init_checkpoint)
     if t.init_checkpoint and not Path(t.init_checkpoint).is_dir():
         raise FileNotFoundError(f"finetune.init_checkpoint={t.init_checkpoint!r} does not exist")
+    if t.init_checkpoint:
+        from icae.models.checkpoint import check_settings, read_meta
+
+        check_settings(read_meta(t.init_checkpoint), cfg.model, t.init_checkpoint)
     model = build_model(cfg.model, checkpoint=t.init_checkpoint)
     train_set, eval_set, stats = _build(cfg, t.dataset, t, model)
     out, resume = _dirs(cfg, t, f"finetune-{t.dataset}-{cfg.model.model_type}")

@@ -43,6 +43,17 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("overrides", nargs="*", metavar="key=value",
                        help="dotted overrides, e.g. model.mem_size=8")
         p.add_argument("--log-level", default="INFO")
+        if name in ("pretrain", "finetune"):
+            p.add_argument("--fresh", action="store_true",
+                           help="start over: delete the resume folder's checkpoints and "
+                                "replace an existing final checkpoint of another config")
+            p.add_argument("--resume-from", metavar="CHECKPOINT", default=None,
+                           help="resume from this Trainer checkpoint on purpose; the "
+                                "optimisation settings (learning rate, schedule, ...) may "
+                                "differ from the run that made it and take effect")
+        if name == "evaluate":
+            p.add_argument("--overwrite", action="store_true",
+                           help="replace existing outputs even when they are read-only")
         if name == "aggregate":
             p.add_argument("--inputs", nargs="*", default=[], help="metrics CSV files")
             p.add_argument("--out", default=None, help="output folder for tables")

@@ -9,6 +9,7 @@ from pathlib import Path
 from icae.config import ExperimentConfig, TrainingConfig, dump_config
 from icae.models import build_model
 from icae.training.examples import encode_records, load_records
+from icae.training.resume import ResumePolicy, tracked_config
 from icae.training.trainer import train
 from icae.utils import seed_everything
 
@@ -19,6 +20,12 @@ def _dirs(cfg: ExperimentConfig, t: TrainingConfig, default_name: str) -> tuple[
     out = Path(t.output_dir) if t.output_dir else cfg.run_dir / default_name
     resume = Path(t.resume_dir) if t.resume_dir else out.with_name(out.name + ".resume")
     return out, resume
+
+
+def _policy(cfg: ExperimentConfig, stage: str, model, args) -> ResumePolicy:
+    return ResumePolicy(run_config=tracked_config(cfg, stage, model),
+                        resume_from=getattr(args, "resume_from", None),
+                        fresh=bool(getattr(args, "fresh", False)), stage=stage)
 
 
 def _build(cfg: ExperimentConfig, dataset: str, t: TrainingConfig, model):
@@ -52,7 +59,8 @@ def pretrain(cfg: ExperimentConfig, args=None) -> dict:
     out, resume = _dirs(cfg, t, "pretrain")
     return train(model, train_set, eval_set, t, output_dir=out, resume_dir=resume,
                  seed=cfg.seed, config_text=dump_config(cfg), ae_contexts=ae_contexts,
-                 extra_meta={"stage": "pretrain", "examples": stats.examples})
+                 extra_meta={"stage": "pretrain", "examples": stats.examples},
+                 resume_policy=_policy(cfg, "pretrain", model, args))
 
 
 def finetune(cfg: ExperimentConfig, args=None) -> dict:
@@ -72,4 +80,5 @@ def finetune(cfg: ExperimentConfig, args=None) -> dict:
     return train(model, train_set, eval_set, t, output_dir=out, resume_dir=resume,
                  seed=cfg.seed, config_text=dump_config(cfg),
                  extra_meta={"stage": "finetune", "dataset": t.dataset,
-                             "init_checkpoint": t.init_checkpoint, "examples": stats.examples})
+                             "init_checkpoint": t.init_checkpoint, "examples": stats.examples},
+                 resume_policy=_policy(cfg, "finetune", model, args))

@@ -4,8 +4,10 @@ What the subclass changes and why:
 - periodic checkpoints hold only the trained parameters (LoRA + learned embeddings), plus
   the Trainer's optimizer / scheduler / RNG state, so resuming is exact and cheap;
 - AE / LM / fine-tuning losses and trained-token counts are logged separately;
-- a non-finite loss stops the run with a clear message, before the optimizer step, so the
-  last periodic checkpoint stays the last good one;
+- a non-finite loss or gradient stops the run with a clear message, before the optimizer
+  step, and saves the state at that moment (all finite) to resume from with lower
+  settings; periodic checkpoints are marked complete and a resume never takes an
+  incomplete one or the state of another config (``icae/training/resume.py``);
 - every logged step is also written to ``log.csv`` / ``log.jsonl`` (always, whatever
   ``report_to`` says).
 """
@@ -27,6 +29,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from icae.config import TrainingConfig
 from icae.models.base import collate
 from icae.models.checkpoint import load_checkpoint, save_checkpoint
+from icae.training import resume as resume_mod
 from icae.utils import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -36,11 +39,16 @@ class NonFiniteLossError(RuntimeError):
     pass
 
 
+class NonFiniteGradientError(NonFiniteLossError):
+    pass
+
+
 class ICAETrainer(Trainer):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._aux_sums: dict[str, float] = {}
         self._aux_counts: dict[str, int] = {}
+        self._refresh_optimizer = False  # resume.py: apply the current optimiser settings
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         # The parent passes num_items_in_batch and rescales the loss for token averaging
@@ -48,11 +56,10 @@ class ICAETrainer(Trainer):
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True,
                                              num_items_in_batch=num_items_in_batch)
         if not torch.isfinite(loss.detach()).all():
-            raise NonFiniteLossError(
-                f"non-finite training loss ({loss.item()}) at step {self.state.global_step}; "
-                "stopping. The last periodic checkpoint in "
-                f"{self.args.output_dir} is the last good one (lower the learning rate or "
-                "check the data, then resume)")
+            saved = resume_mod.save_before_nonfinite(self, "loss") if model.training else None
+            raise NonFiniteLossError(resume_mod.nonfinite_message(
+                "training loss" if model.training else "evaluation loss", loss.item(),
+                self.state.global_step, saved, self._stage))
         if model.training:
             for key in ("ae_loss", "lm_loss", "ft_loss"):
                 if key in outputs:
@@ -62,6 +69,27 @@ class ICAETrainer(Trainer):
             self._aux_sums["trained_tokens"] = (self._aux_sums.get("trained_tokens", 0.0)
                                                 + float(outputs["num_tokens"]))
         return (loss, outputs) if return_outputs else loss
+
+    _stage = "pretrain"
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        # Before the optimizer step: a non-finite gradient would make every weight NaN.
+        if self.accelerator.sync_gradients and resume_mod.nonfinite_gradients(self.model):
+            saved = resume_mod.save_before_nonfinite(self, "gradient")
+            raise NonFiniteGradientError(resume_mod.nonfinite_message(
+                "gradient", "inf/nan", self.state.global_step, saved, self._stage))
+        return loss
+
+    def _save_checkpoint(self, model, trial) -> None:
+        resume_mod.save_complete_checkpoint(self, super()._save_checkpoint, model, trial)
+
+    def _load_optimizer_and_scheduler(self, checkpoint) -> None:
+        fresh = (resume_mod.fresh_hyperparameters(self.optimizer)
+                 if checkpoint and self._refresh_optimizer else None)
+        super()._load_optimizer_and_scheduler(checkpoint)
+        if fresh is not None:
+            resume_mod.apply_hyperparameters(self, fresh)
 
     def log(self, logs: dict, *args, **kwargs) -> None:
         if "loss" in logs:  # a training log: add the separate losses since the last one
@@ -195,18 +223,16 @@ def training_arguments(t: TrainingConfig, resume_dir: Path, seed: int, has_eval:
 
 
 def last_checkpoint(resume_dir: Path) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
-
-    if not resume_dir.is_dir():
-        return None
-    return get_last_checkpoint(str(resume_dir))
+    return resume_mod.last_complete_checkpoint(resume_dir)
 
 
 def train(model, train_examples, eval_examples, t: TrainingConfig, *, output_dir: Path,
           resume_dir: Path, seed: int, config_text: str, ae_contexts=None,
-          extra_meta: dict | None = None, stop_after_steps: int | None = None) -> dict:
+          extra_meta: dict | None = None, stop_after_steps: int | None = None,
+          resume_policy: resume_mod.ResumePolicy | None = None) -> dict:
     """Train, resuming from ``resume_dir`` when it holds a checkpoint; write the final
     checkpoint (trained parameters + config + logs) atomically to ``output_dir``."""
+    decision = resume_mod.decide(resume_dir, output_dir, resume_policy)
     resume_dir.mkdir(parents=True, exist_ok=True)
     args = training_arguments(t, resume_dir, seed, bool(eval_examples))
     callbacks = [LogFileCallback(resume_dir, quiet_lines=not (t.progress and sys.stderr.isatty()))]
@@ -225,10 +251,15 @@ def train(model, train_examples, eval_examples, t: TrainingConfig, *, output_dir
         from transformers.trainer_callback import PrinterCallback
 
         trainer.remove_callback(PrinterCallback)
-    resume = last_checkpoint(resume_dir)
+    trainer._refresh_optimizer, trainer._stage = decision.refresh_optimizer, getattr(
+        resume_policy, "stage", "pretrain")
+    resume = decision.checkpoint
     if resume:
         log.info("resuming from %s", resume)
-    result = trainer.train(resume_from_checkpoint=resume)
+    if resume_mod.reached_max_steps(resume, args.max_steps):
+        result = resume_mod.restore_finished(trainer, model, resume)
+    else:
+        result = trainer.train(resume_from_checkpoint=resume)
     if stop_after_steps is not None and trainer.state.global_step < (
             args.max_steps if args.max_steps > 0 else math.inf):
         return {"interrupted_at": trainer.state.global_step}
@@ -236,6 +267,9 @@ def train(model, train_examples, eval_examples, t: TrainingConfig, *, output_dir
     extra_files = {name: (resume_dir / name).read_text() for name in ("log.csv", "log.jsonl")}
     meta = {"global_step": trainer.state.global_step, "train_loss": result.training_loss}
     meta.update(extra_meta or {})
+    if resume_policy is not None and resume_policy.run_config is not None:
+        meta["run_config"] = resume_policy.run_config
+        meta["resumed_with_changes"] = [[k, a, b] for k, a, b in decision.changed]
     save_checkpoint(model, output_dir, config_text=config_text, extra=meta,
                     extra_files=extra_files)
     return meta

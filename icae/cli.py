@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import struct
 import sys
 
 from icae.config import load_config
@@ -82,9 +83,35 @@ def main(argv: list[str] | None = None) -> int:
     fn = getattr(importlib.import_module(module), func)
     try:
         fn(cfg, args)
-    except (ValueError, FileNotFoundError) as exc:
-        parser.exit(1, f"icae {args.command}: error: {exc}\n")
+    except Exception as exc:  # noqa: BLE001 - filtered by _user_error
+        if not _user_error(exc) or args.log_level.upper() == "DEBUG":
+            raise
+        parser.exit(1, f"icae {args.command}: error: {_one_line(exc)}\n")
     return 0
+
+
+def _user_error(exc: BaseException) -> bool:
+    """Errors about the inputs, the files or the run (not bugs): one line, no traceback.
+    ``--log-level DEBUG`` shows the traceback anyway."""
+    kinds: list[type] = [ValueError, OSError, EOFError, struct.error]
+    trainer = sys.modules.get("icae.training.trainer")
+    if trainer is not None:
+        kinds.append(trainer.NonFiniteLossError)
+    try:
+        from safetensors import SafetensorError
+
+        kinds.append(SafetensorError)
+    except ImportError:
+        pass
+    return isinstance(exc, tuple(kinds))
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    ours = type(exc).__module__.startswith("icae") or type(exc) in (ValueError,
+                                                                    FileNotFoundError)
+    # Not ours: the type tells what failed (PermissionError, SafetensorError, EOFError, ...).
+    return text if ours else f"{type(exc).__name__}: {text}"
 
 
 if __name__ == "__main__":

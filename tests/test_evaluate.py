@@ -378,3 +378,50 @@ def test_cli_reports_errors(env, tmp_path, capsys):
         main(args + ["evaluation.baseline=truncate"])
     assert exc.value.code == 2
     assert "set model.model_type=llm" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------
+# Outputs: all or nothing, protected when read-only, checked before generating
+
+
+def test_failed_write_leaves_the_previous_outputs_whole(env, tmp_path, monkeypatch):
+    import icae.evaluation.run as R
+
+    out = tmp_path / "out"
+    cfg = make_cfg(env, tmp_path, "evaluation.task=qa", f"evaluation.output_dir={out}")
+    evaluate(cfg)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    monkeypatch.setattr(R, "metrics_csv", lambda *a, **k: 1 / 0)  # fails after predictions
+    with pytest.raises(ZeroDivisionError):
+        evaluate(make_cfg(env, tmp_path, "evaluation.task=qa", f"evaluation.output_dir={out}",
+                          "evaluation.num_samples=1"))
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out")] == []
+
+
+def test_read_only_outputs_are_refused_unless_overwrite(env, tmp_path, monkeypatch):
+    import icae.evaluation.run as R
+
+    out = tmp_path / "out"
+    cfg = make_cfg(env, tmp_path, "evaluation.task=qa", f"evaluation.output_dir={out}")
+    evaluate(cfg)
+    (out / "metrics.csv").chmod(0o444)
+    called = []
+    real = R.generate_examples
+    monkeypatch.setattr(R, "generate_examples", lambda *a, **k: called.append(1) or real(*a, **k))
+    with pytest.raises(ValueError, match=r"read-only outputs \(metrics.csv\).*--overwrite"):
+        evaluate(cfg)
+    assert not called  # refused before any generation
+    evaluate(cfg, overwrite=True)
+    assert called and (out / "metrics.csv").stat().st_mode & 0o200
+
+
+def test_unwritable_output_fails_before_generation(env, tmp_path, monkeypatch):
+    import icae.evaluation.run as R
+
+    (tmp_path / "file").write_text("not a folder")
+    monkeypatch.setattr(R, "generate_examples", lambda *a, **k: pytest.fail("generated"))
+    cfg = make_cfg(env, tmp_path, "evaluation.task=qa",
+                   f"evaluation.output_dir={tmp_path / 'file' / 'out'}")
+    with pytest.raises(ValueError, match="file/out cannot be written"):
+        evaluate(cfg)

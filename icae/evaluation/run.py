@@ -53,6 +53,7 @@ import csv
 import io
 import logging
 import math
+import os
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -93,7 +94,7 @@ def output_dir(cfg) -> Path:
 
 def run(cfg, args=None) -> dict:
     """CLI entry point (``python -m icae evaluate``)."""
-    summary = evaluate(cfg)
+    summary = evaluate(cfg, overwrite=bool(getattr(args, "overwrite", False)))
     log.info("evaluate %s: %s -> %s", cfg.evaluation.task,
              ", ".join(f"{k}={v:.4g}" for k, v in summary["metrics"].items()
                        if k in TASK_METRICS[cfg.evaluation.task] and v is not None),
@@ -116,11 +117,37 @@ def check_checkpoint(path: str | None, model_cfg) -> dict | None:
     return meta
 
 
+def check_output_dir(out_dir: Path, overwrite: bool) -> None:
+    """Before any generation: the outputs can be written (the folder is replaced as a whole
+    through a sibling temporary folder, so its parent must take new entries), and
+    existing read-only outputs are protected unless ``overwrite``."""
+    import stat
+    import tempfile
+
+    if out_dir.exists():
+        if not out_dir.is_dir():
+            raise ValueError(f"evaluation output {out_dir} exists and is not a folder")
+        locked = [p.name for p in [out_dir, *out_dir.iterdir()]
+                  if not p.stat().st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH)]
+        if locked and not overwrite:
+            raise ValueError(
+                f"evaluation output {out_dir} holds read-only outputs ({', '.join(locked[:4])})"
+                ": they are protected; pass --overwrite to replace them, or set "
+                "evaluation.output_dir elsewhere")
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".probe")
+        os.rmdir(probe)
+    except OSError as exc:
+        raise ValueError(f"evaluation output {out_dir} cannot be written ({exc}); fix the "
+                         "permissions or set evaluation.output_dir elsewhere") from None
+
+
 def _device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def evaluate(cfg, model=None) -> dict:
+def evaluate(cfg, model=None, overwrite: bool = False) -> dict:
     """Evaluate ``cfg.evaluation.task``; build the model from ``cfg`` unless one is given.
     Returns the summary (also written to ``summary.json``)."""
     from icae.utils import seed_everything
@@ -132,6 +159,7 @@ def evaluate(cfg, model=None) -> dict:
     out_dir = output_dir(cfg)
     data_path, rows = load_rows(cfg, task)
     meta = check_checkpoint(e.checkpoint, cfg.model)
+    check_output_dir(out_dir, overwrite)
     t_start = time.perf_counter()
     seed_everything(cfg.seed)
     if model is None:
@@ -189,13 +217,17 @@ def evaluate(cfg, model=None) -> dict:
     metrics = summarize(task, records, gen, wall, policy)
     summary = _summary(cfg, model_cfg, task, data_path, out_dir, metrics, meta, model)
 
-    out_dir.mkdir(parents=True, exist_ok=True)
     from icae.config import write_resolved_config
+    from icae.data.io import relax_permissions
+    from icae.utils import atomic_directory
 
-    atomic_write_jsonl(out_dir / "predictions.jsonl", records)
-    write_resolved_config(cfg, out_dir)
-    atomic_write_json(out_dir / "summary.json", summary)
-    atomic_write_text(out_dir / "metrics.csv", metrics_csv(cfg, model_cfg, task, metrics))
+    # All outputs or none: written beside, then swapped in with one rename.
+    with atomic_directory(out_dir) as tmp:
+        atomic_write_jsonl(tmp / "predictions.jsonl", records)
+        write_resolved_config(cfg, tmp)
+        atomic_write_json(tmp / "summary.json", summary)
+        atomic_write_text(tmp / "metrics.csv", metrics_csv(cfg, model_cfg, task, metrics))
+        relax_permissions(tmp)
     return summary
 
 

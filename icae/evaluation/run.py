@@ -21,7 +21,9 @@ repoqa; the reference length plus one (its end token) for ae and trajectories, w
 metrics compare whole sequences.
 
 Outputs in ``evaluation.output_dir`` (default
-``<output_root>/<run_name>/eval/<evaluation.variant>/<task>``), each written atomically:
+``<output_root>/<run_name>/eval/<evaluation.variant>/<task>``), written into a sibling
+temporary folder that then replaces the output folder as a whole (a failure leaves the
+previous outputs untouched; read-only outputs are refused without ``--overwrite``):
 
 ``predictions.jsonl``
     one line per example (a trajectory turn for ``trajectories``), in file order: ``id``,
@@ -437,7 +439,8 @@ def _summary(cfg, model_cfg, task, data_path, out_dir, metrics, meta, model) -> 
         "baseline": e.baseline,
         "base_model": model_cfg.base_model,
         "checkpoint": e.checkpoint,
-        "checkpoint_meta": {k: v for k, v in (meta or {}).items() if k != "tensors"} or None,
+        "checkpoint_meta": {k: v for k, v in (meta or {}).items()
+                            if k not in ("tensors", "base_fingerprint")} or None,
         "mem_size": model_cfg.mem_size if is_icae or e.baseline == "truncate" else None,
         "mean_compression_rate": (model_cfg.mean_compression_rate
                                   if is_icae or e.baseline == "truncate" else None),

@@ -565,29 +565,36 @@ def plot_training_loss(logs: list[str], out_dir: Path) -> Path | None:
 def aggregate(inputs: list[str], out: str | os.PathLike, logs: list[str] | None = None,
               metrics: Metrics = None, decimals: int = 2,
               title: str | None = None) -> dict[str, Path]:
-    from icae.utils import atomic_write_text
+    from icae.data.io import relax_permissions
+    from icae.utils import atomic_directory, atomic_write_text
 
     out = Path(out)
-    plots = out / "plots"
-    plots.mkdir(parents=True, exist_ok=True)
-    long = read_metrics(inputs)
-    paths = {"long": out / "metrics_long.csv", "wide": out / "metrics_wide.csv",
+    long = read_metrics(inputs)  # validated before anything is written
+    final = {"long": out / "metrics_long.csv", "wide": out / "metrics_wide.csv",
              "markdown": out / "metrics_wide.md", "latex": out / "metrics_wide.tex"}
-    atomic_write_text(paths["long"], long.to_csv(index=False, float_format="%.10g"))
-    wide = wide_table(long, metrics)
-    if wide.empty:
-        atomic_write_text(paths["wide"], ",".join(ROW_KEYS) + "\n")
-        atomic_write_text(paths["markdown"], "_no metrics_\n")
-        atomic_write_text(paths["latex"], "% no metrics\n")
-    else:
-        atomic_write_text(paths["wide"], wide_csv(wide).to_csv(index=False, float_format="%.10g"))
-        atomic_write_text(paths["markdown"], to_markdown(wide, decimals))
-        atomic_write_text(paths["latex"], to_latex(wide, decimals, caption=title))
-    for path in plot_vs_compression_rate(long, plots, metrics):
-        paths[path.stem] = path
-    loss = plot_training_loss(list(logs or []), plots)
-    if loss is not None:
-        paths["training_loss"] = loss
+    # The tables folder is replaced as a whole: never half old, half new.
+    with atomic_directory(out) as tmp:
+        plots = tmp / "plots"
+        plots.mkdir(parents=True, exist_ok=True)
+        paths = {k: tmp / p.name for k, p in final.items()}
+        atomic_write_text(paths["long"], long.to_csv(index=False, float_format="%.10g"))
+        wide = wide_table(long, metrics)
+        if wide.empty:
+            atomic_write_text(paths["wide"], ",".join(ROW_KEYS) + "\n")
+            atomic_write_text(paths["markdown"], "_no metrics_\n")
+            atomic_write_text(paths["latex"], "% no metrics\n")
+        else:
+            atomic_write_text(paths["wide"],
+                              wide_csv(wide).to_csv(index=False, float_format="%.10g"))
+            atomic_write_text(paths["markdown"], to_markdown(wide, decimals))
+            atomic_write_text(paths["latex"], to_latex(wide, decimals, caption=title))
+        for path in plot_vs_compression_rate(long, plots, metrics):
+            final[path.stem] = out / "plots" / path.name
+        loss = plot_training_loss(list(logs or []), plots)
+        if loss is not None:
+            final["training_loss"] = out / "plots" / loss.name
+        relax_permissions(tmp)
+    paths = final
     log.info("aggregated %d metric rows from %d files into %s", len(long), len(inputs), out)
     return paths
 

@@ -25,6 +25,8 @@ COMMANDS = {
                   "collect metric files into paper tables"),
     "benchmark": ("icae.training.benchmark", "run",
                   "time training steps (tokens/s, peak memory) for a config"),
+    "export-merged": ("icae.models.portable", "run_export",
+                      "merge a plain-LLM checkpoint's adapter into full weights"),
     "show-config": ("icae.cli", "show_config", "print the resolved config"),
 }
 
@@ -55,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "evaluate":
             p.add_argument("--overwrite", action="store_true",
                            help="replace existing outputs even when they are read-only")
+        if name == "export-merged":
+            p.add_argument("--checkpoint", required=True, help="a model_type=llm checkpoint")
+            p.add_argument("--out", required=True, help="folder for the merged model")
         if name == "aggregate":
             p.add_argument("--inputs", nargs="*", default=[], help="metrics CSV files")
             p.add_argument("--out", default=None, help="output folder for tables")

@@ -132,18 +132,29 @@ def describe(model) -> dict:
     }
 
 
+def write_trained(model, directory: str | Path, extra: dict | None = None) -> None:
+    """The trained parameters, their description and the portable copies (peft adapter
+    folders, embeddings, tokenizer: ``icae/models/portable.py``) into ``directory``."""
+    from icae.models.portable import write_portable
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {n: t.detach().to("cpu").contiguous()
+             for n, t in model.trainable_state_dict().items()}
+    save_file(state, str(directory / WEIGHTS))
+    write_portable(model, directory)
+    meta = describe(model)
+    if extra:
+        meta.update(extra)
+    atomic_write_json(directory / META, meta)
+
+
 def save_checkpoint(model, directory: str | Path, config_text: str | None = None,
                     extra: dict | None = None, extra_files: dict[str, str] | None = None
                     ) -> Path:
     directory = Path(directory)
     with atomic_directory(directory) as tmp:
-        state = {n: t.detach().to("cpu").contiguous()
-                 for n, t in model.trainable_state_dict().items()}
-        save_file(state, str(tmp / WEIGHTS))
-        meta = describe(model)
-        if extra:
-            meta.update(extra)
-        atomic_write_json(tmp / META, meta)
+        write_trained(model, tmp, extra)
         if config_text is not None:
             (tmp / "config.yaml").write_text(config_text, encoding="utf-8")
         for name, text in (extra_files or {}).items():
@@ -215,7 +226,9 @@ def load_checkpoint(model, directory: str | Path, strict_base_name: bool = False
     """Load trained parameters into ``model``; ValueError naming any mismatch."""
     directory = Path(directory)
     meta = read_meta(directory)
-    if not (directory / WEIGHTS).is_file():
+    from icae.models.portable import has_portable, state_from_portable
+
+    if not (directory / WEIGHTS).is_file() and not has_portable(directory):
         raise FileNotFoundError(f"{directory}: {WEIGHTS} is missing")
     mine = describe(model)
     keys = _CHECKED + (_CHECKED_ICAE if mine["model_type"] == "icae" else ())
@@ -238,7 +251,8 @@ def load_checkpoint(model, directory: str | Path, strict_base_name: bool = False
     if strict_base_name and meta.get("base_model") != mine["base_model"]:
         raise ValueError(f"checkpoint {directory} was trained on base model "
                          f"{meta.get('base_model')!r}, not {mine['base_model']!r}")
-    state = read_weights(directory / WEIGHTS)
+    state = (read_weights(directory / WEIGHTS) if (directory / WEIGHTS).is_file()
+             else state_from_portable(model, directory))
     params = dict(model.named_parameters())
     expected = set(mine["tensors"])
     missing = expected - set(state)

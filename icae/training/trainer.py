@@ -19,7 +19,6 @@ import io
 import json
 import logging
 import math
-import os
 import sys
 from pathlib import Path
 
@@ -107,15 +106,9 @@ class ICAETrainer(Trainer):
         output_dir = output_dir or self.args.output_dir
         if not self.args.should_save:
             return
-        from safetensors.torch import save_file
+        from icae.models.checkpoint import write_trained
 
-        from icae.models.checkpoint import META, WEIGHTS, describe
-
-        os.makedirs(output_dir, exist_ok=True)
-        state = {n: t.detach().cpu().contiguous()
-                 for n, t in self.model.trainable_state_dict().items()}
-        save_file(state, os.path.join(output_dir, WEIGHTS))
-        Path(output_dir, META).write_text(json.dumps(describe(self.model), indent=2))
+        write_trained(self.model, output_dir)
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None) -> None:
         load_checkpoint(model or self.model, resume_from_checkpoint)

@@ -125,6 +125,12 @@ def save_complete_checkpoint(trainer, save, model, trial) -> None:
     folder complete, then rotate: old checkpoints go only once a newer one is complete."""
     from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+    run_dir = trainer._get_output_dir(trial=trial)
+    folder = Path(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{trainer.state.global_step}")
+    if trainer.args.should_save:
+        # Saving over an existing folder (the state before a non-finite value, at a step
+        # that was just saved): it is incomplete until written again.
+        (folder / COMPLETE).unlink(missing_ok=True)
     limit = trainer.args.save_total_limit
     trainer.args.save_total_limit = None
     try:
@@ -133,8 +139,6 @@ def save_complete_checkpoint(trainer, save, model, trial) -> None:
         trainer.args.save_total_limit = limit
     if not trainer.args.should_save:
         return
-    run_dir = trainer._get_output_dir(trial=trial)
-    folder = Path(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{trainer.state.global_step}")
     mark_complete(folder, trainer.state.global_step)
     if limit:
         for _, old in checkpoints(run_dir)[limit:]:
@@ -284,7 +288,8 @@ def decide(resume_dir: Path, output_dir: Path, policy: ResumePolicy | None) -> R
         if stored is None:
             raise ResumeError(
                 f"{resume_dir} holds checkpoints but no {RUN_FILE}, so the config that "
-                f"made them is unknown; rerun with --fresh to start over, or with "
+                f"made them is unknown; rerun with --fresh (or delete that folder) to start "
+                f"over, or with "
                 f"--resume-from {found[0][1]} to continue from them on purpose")
         stored = stored.get("tracked", stored)
         diffs = differences(stored, tracked)
@@ -295,7 +300,8 @@ def decide(resume_dir: Path, output_dir: Path, policy: ResumePolicy | None) -> R
                     else "")
             raise ResumeError(
                 f"{resume_dir} holds checkpoints of a run with a different config "
-                f"({_describe(diffs)}). Rerun with --fresh to discard them and start over"
+                f"({_describe(diffs)}). Rerun with --fresh (or delete that folder) to "
+                f"discard them and start over"
                 f"{hint}, or set {stage}.output_dir (or {stage}.resume_dir) elsewhere")
     if tracked is not None:
         _check_final(output_dir, tracked, policy, again)
@@ -474,6 +480,9 @@ def save_before_nonfinite(trainer, what: str) -> str | None:
 
 
 def nonfinite_message(what: str, value, step: int, saved: str | None, stage: str) -> str:
+    if what.startswith("evaluation"):
+        return (f"non-finite {what} ({value}) in the evaluation at step {step}; the "
+                f"periodic checkpoints hold the training state (check the eval data)")
     where = (f"the state before it is saved in {saved}. Resume from it with lower settings, "
              f"e.g. `python -m icae {stage} ... {stage}.learning_rate=<lower> "
              f"--resume-from {saved}`" if saved else

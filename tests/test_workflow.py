@@ -288,6 +288,8 @@ def test_commands_parse_back_into_the_job_config(tmp_path):
             assert cfg.seed == int(m[4])
             assert cfg.model.model_type == "icae"
             assert cfg.pretrain.resume_dir.startswith("results/sweep-example/work/")
+            # the job's own resume check ignores what the workflow ignores
+            assert "logging_steps" in cfg.workflow["untracked_keys"]
             seen.add((m[1], m[3]))
         if step == "evaluate":
             e = cfg.evaluation

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import struct
 import sys
 
 from icae.config import load_config
@@ -24,6 +25,8 @@ COMMANDS = {
                   "collect metric files into paper tables"),
     "benchmark": ("icae.training.benchmark", "run",
                   "time training steps (tokens/s, peak memory) for a config"),
+    "export-merged": ("icae.models.portable", "run_export",
+                      "merge a plain-LLM checkpoint's adapter into full weights"),
     "show-config": ("icae.cli", "show_config", "print the resolved config"),
 }
 
@@ -43,6 +46,20 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("overrides", nargs="*", metavar="key=value",
                        help="dotted overrides, e.g. model.mem_size=8")
         p.add_argument("--log-level", default="INFO")
+        if name in ("pretrain", "finetune"):
+            p.add_argument("--fresh", action="store_true",
+                           help="start over: delete the resume folder's checkpoints and "
+                                "replace an existing final checkpoint of another config")
+            p.add_argument("--resume-from", metavar="CHECKPOINT", default=None,
+                           help="resume from this Trainer checkpoint on purpose; the "
+                                "optimisation settings (learning rate, schedule, ...) may "
+                                "differ from the run that made it and take effect")
+        if name == "evaluate":
+            p.add_argument("--overwrite", action="store_true",
+                           help="replace existing outputs even when they are read-only")
+        if name == "export-merged":
+            p.add_argument("--checkpoint", required=True, help="a model_type=llm checkpoint")
+            p.add_argument("--out", required=True, help="folder for the merged model")
         if name == "aggregate":
             p.add_argument("--inputs", nargs="*", default=[], help="metrics CSV files")
             p.add_argument("--out", default=None, help="output folder for tables")
@@ -71,9 +88,35 @@ def main(argv: list[str] | None = None) -> int:
     fn = getattr(importlib.import_module(module), func)
     try:
         fn(cfg, args)
-    except (ValueError, FileNotFoundError) as exc:
-        parser.exit(1, f"icae {args.command}: error: {exc}\n")
+    except Exception as exc:  # noqa: BLE001 - filtered by _user_error
+        if not _user_error(exc) or args.log_level.upper() == "DEBUG":
+            raise
+        parser.exit(1, f"icae {args.command}: error: {_one_line(exc)}\n")
     return 0
+
+
+def _user_error(exc: BaseException) -> bool:
+    """Errors about the inputs, the files or the run (not bugs): one line, no traceback.
+    ``--log-level DEBUG`` shows the traceback anyway."""
+    kinds: list[type] = [ValueError, OSError, EOFError, struct.error]
+    trainer = sys.modules.get("icae.training.trainer")
+    if trainer is not None:
+        kinds.append(trainer.NonFiniteLossError)
+    try:
+        from safetensors import SafetensorError
+
+        kinds.append(SafetensorError)
+    except ImportError:
+        pass
+    return isinstance(exc, tuple(kinds))
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    ours = type(exc).__module__.startswith("icae") or type(exc) in (ValueError,
+                                                                    FileNotFoundError)
+    # Not ours: the type tells what failed (PermissionError, SafetensorError, EOFError, ...).
+    return text if ours else f"{type(exc).__name__}: {text}"
 
 
 if __name__ == "__main__":

@@ -224,3 +224,46 @@ def test_cli(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "icae", "aggregate", "--out", str(out)],
                           capture_output=True, text=True)
     assert proc.returncode == 1 and "no metric files" in proc.stderr
+
+
+@pytest.mark.parametrize("mutate, needle", [
+    (lambda t: "", "the metrics file is empty"),
+    (lambda t: t[: len(t) - 7], "no newline: the file is truncated"),
+    (lambda t: t.splitlines()[0] + "\n", "a header but no rows"),
+    (lambda t: t + 'x,"unclosed\n', "malformed CSV"),
+    (lambda t: t.replace(",8\n", ",eight\n", 1), r":2: column 'n' is 'eight', not an integer"),
+    (lambda t: t.replace(",8\n", ",\n", 1), r":2: column 'n' is '', not an integer"),
+    (lambda t: t + t.splitlines()[1] + "\n", "metric 'f1' appears 2 times"),
+])
+def test_broken_metric_files_are_named(tmp_path, mutate, needle):
+    f = write_metrics(tmp_path, "m8-r4-epl-s7", "icae-ft-squad", "qa", ["f1", "exact_match"],
+                      mem=8, rate=4, layout="epl")
+    f.write_text(mutate(f.read_text()))
+    with pytest.raises(ValueError, match=needle) as exc:
+        aggregate([str(f)], tmp_path / "t")
+    assert str(f) in str(exc.value)
+    assert not (tmp_path / "t" / "metrics_wide.csv").exists()
+
+
+def test_value_garbage_is_named(tmp_path):
+    f = write_metrics(tmp_path, "m8-r4-epl-s7", "icae-ft-squad", "qa", ["f1"], mem=8, rate=4,
+                      layout="epl")
+    lines = f.read_text().splitlines()
+    cells = lines[1].split(",")
+    cells[-2] = "abc"
+    f.write_text("\n".join([lines[0], ",".join(cells)]) + "\n")
+    with pytest.raises(ValueError, match=r"metrics.csv:2: column 'value' is 'abc'"):
+        read_metrics([f])
+
+
+def test_two_results_for_one_variant_are_not_averaged(tmp_path):
+    a = write_metrics(tmp_path / "a", "m8-r4-epl-s7", "icae-ft-squad", "qa", ["f1"], mem=8,
+                      rate=4, layout="epl")
+    b = write_metrics(tmp_path / "b", "m8-r4-epl-s7", "icae-ft-squad", "qa", ["f1"], mem=8,
+                      rate=4, layout="epl")
+    with pytest.raises(ValueError, match="two results for one key .*variant=icae-ft-squad.*"
+                                         "seed=7.*distinct seeds"):
+        read_metrics([a, b])
+    c = write_metrics(tmp_path / "c", "m8-r4-epl-s8", "icae-ft-squad", "qa", ["f1"], mem=8,
+                      rate=4, layout="epl")
+    assert len(read_metrics([a, c])) == 2  # replicas: distinct seeds

@@ -382,11 +382,19 @@ def test_mismatched_checkpoint(env, tmp_path):
 
     model = build_model(make_cfg(env, tmp_path).model)
     ckpt = save_checkpoint(model, tmp_path / "ckpt")
-    with pytest.raises(ValueError, match="mem_size is 4 in the checkpoint but 8 here"):
+    with pytest.raises(ValueError, match="model.mem_size=4, but model.mem_size=8 here"):
         evaluate(make_cfg(env, tmp_path, f"evaluation.checkpoint={ckpt}", "model.mem_size=8"))
-    with pytest.raises(ValueError, match="model_type is 'icae' in the checkpoint"):
+    with pytest.raises(ValueError, match="model.model_type='icae', but model.model_type="):
         evaluate(make_cfg(env, tmp_path, f"evaluation.checkpoint={ckpt}",
                           "model.model_type=llm"))
+    # A different layout or rate changes what the memory means: an error, not a warning.
+    with pytest.raises(ValueError, match="position_layout='epl', but model.position_layout="
+                                         "'linspace' here; set model.position_layout=epl"):
+        evaluate(make_cfg(env, tmp_path, f"evaluation.checkpoint={ckpt}",
+                          "model.position_layout=linspace"))
+    with pytest.raises(ValueError, match="mean_compression_rate=2.0, but"):
+        evaluate(make_cfg(env, tmp_path, f"evaluation.checkpoint={ckpt}",
+                          "model.mean_compression_rate=4"))
 
 
 @pytest.mark.parametrize("content, error, match", [
@@ -454,3 +462,50 @@ def test_pretrained_only_checkpoint_gets_no_ft_marker(env, tmp_path):
     with pytest.raises(ValueError, match=r"evaluation\.checkpoint=.*never trained the \[AE\]"):
         evaluate(make_cfg(env, tmp_path, "evaluation.task=ae",
                           f"evaluation.checkpoint={lm_only}"))
+
+
+# ---------------------------------------------------------------------------------------
+# Outputs: all or nothing, protected when read-only, checked before generating
+
+
+def test_failed_write_leaves_the_previous_outputs_whole(env, tmp_path, monkeypatch):
+    import icae.evaluation.run as R
+
+    out = tmp_path / "out"
+    cfg = make_cfg(env, tmp_path, "evaluation.task=qa", f"evaluation.output_dir={out}")
+    evaluate(cfg)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    monkeypatch.setattr(R, "metrics_csv", lambda *a, **k: 1 / 0)  # fails after predictions
+    with pytest.raises(ZeroDivisionError):
+        evaluate(make_cfg(env, tmp_path, "evaluation.task=qa", f"evaluation.output_dir={out}",
+                          "evaluation.num_samples=1"))
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out")] == []
+
+
+def test_read_only_outputs_are_refused_unless_overwrite(env, tmp_path, monkeypatch):
+    import icae.evaluation.run as R
+
+    out = tmp_path / "out"
+    cfg = make_cfg(env, tmp_path, "evaluation.task=qa", f"evaluation.output_dir={out}")
+    evaluate(cfg)
+    (out / "metrics.csv").chmod(0o444)
+    called = []
+    real = R.generate_examples
+    monkeypatch.setattr(R, "generate_examples", lambda *a, **k: called.append(1) or real(*a, **k))
+    with pytest.raises(ValueError, match=r"read-only outputs \(metrics.csv\).*--overwrite"):
+        evaluate(cfg)
+    assert not called  # refused before any generation
+    evaluate(cfg, overwrite=True)
+    assert called and (out / "metrics.csv").stat().st_mode & 0o200
+
+
+def test_unwritable_output_fails_before_generation(env, tmp_path, monkeypatch):
+    import icae.evaluation.run as R
+
+    (tmp_path / "file").write_text("not a folder")
+    monkeypatch.setattr(R, "generate_examples", lambda *a, **k: pytest.fail("generated"))
+    cfg = make_cfg(env, tmp_path, "evaluation.task=qa",
+                   f"evaluation.output_dir={tmp_path / 'file' / 'out'}")
+    with pytest.raises(ValueError, match="file/out cannot be written"):
+        evaluate(cfg)

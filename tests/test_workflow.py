@@ -232,6 +232,21 @@ def test_invalid_configs_fail_early(tmp_path):
         assert needle in proc.stdout + proc.stderr, (patch, proc.stderr[-3000:])
 
 
+def test_config_typo_gets_did_you_mean_not_a_schema_dump(tmp_path):
+    qs = _placeholder_tree(tmp_path)
+    proc = snakemake(tmp_path, qs, "-n", "--config", "finetune={learning_rat: 1.0e-4}",
+                     check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "finetune.learning_rat: unknown key; did you mean 'learning_rate'?" in out
+    assert len(out.splitlines()) < 15, out
+    proc = snakemake(tmp_path, qs, "-n", "--config", "evaluation={batch_size: -3}",
+                     check=False)
+    out = proc.stdout + proc.stderr
+    assert "invalid config: evaluation.batch_size: -3 is less than the minimum" in out, out
+    assert len(out.splitlines()) < 15, out
+
+
 def test_yaml_exponents_and_cli_config_strings(tmp_path):
     """``1e-4`` (a string in YAML 1.1) and --config values are coerced to numbers."""
     qs = _placeholder_tree(tmp_path)
@@ -273,6 +288,8 @@ def test_commands_parse_back_into_the_job_config(tmp_path):
             assert cfg.seed == int(m[4])
             assert cfg.model.model_type == "icae"
             assert cfg.pretrain.resume_dir.startswith("results/sweep-example/work/")
+            # the job's own resume check ignores what the workflow ignores
+            assert "logging_steps" in cfg.workflow["untracked_keys"]
             seen.add((m[1], m[3]))
         if step == "evaluate":
             e = cfg.evaluation

@@ -19,6 +19,13 @@ layout, and the truncate baseline (cut to the memory budget) has no layout.
 When a file sits where the workflow puts it
 (``<run>/<branch>/eval/<variant>/<task>/metrics.csv``), the variant, task and seed
 missing from its columns are read from the path.
+
+Inputs are validated, and a problem names the file (and line): an empty or truncated
+file (no final newline, a row with missing fields), a malformed CSV, missing columns, a
+value that is not a number, a metric given twice. One result per key (variant, model
+type, baseline, memory size, rate, layout, seed, task, metric): replicas are seeds, and
+only results of distinct seeds are averaged (mean ± std); two results for the same key
+from different files (the same variant evaluated twice, or two runs mixed) are an error.
 """
 
 from __future__ import annotations
@@ -90,22 +97,95 @@ def _is_truncate(row: pd.Series) -> bool:
             or (not _is_missing(baseline) and str(baseline) == "truncate"))
 
 
+REQUIRED_COLUMNS = ("model_type", "metric", "value", "n")
+# One result per key; replicas differ in seed.
+RESULT_KEY = ["variant", "model_type", "baseline", "mem_size", "compression_rate",
+              "position_layout", "seed", "task", "metric"]
+
+
+def _number(text: str, kind: type) -> bool:
+    try:
+        value = float(text)
+    except ValueError:
+        return False
+    return kind is float or (math.isfinite(value) and value.is_integer())
+
+
+def validate_metrics_file(path: str) -> None:
+    """ValueError naming the file (and line) unless ``path`` is a complete metrics file."""
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read ({exc})") from None
+    if not raw.strip():
+        raise ValueError(f"{path}: the metrics file is empty (an interrupted evaluation?); "
+                         "rerun the evaluation")
+    if not raw.endswith(b"\n"):
+        raise ValueError(f"{path}: the last line has no newline: the file is truncated; "
+                         "rerun the evaluation")
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: malformed CSV ({' '.join(str(exc).split())})") from None
+    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
+    if missing:
+        raise ValueError(f"{path}: no column(s) {', '.join(missing)} (expected the long "
+                         "format written by icae evaluate)")
+    if df.empty:
+        raise ValueError(f"{path}: a header but no rows; rerun the evaluation")
+    if "task" not in df.columns and "task" not in _path_info(path):
+        raise ValueError(f"{path}: no column task, and the path does not say the task")
+    checks = [("n", int, False), ("value", float, True), ("mem_size", int, True),
+              ("compression_rate", float, True), ("seed", int, True)]
+    for i, row in enumerate(df.itertuples(index=False), start=2):
+        row = row._asdict() if hasattr(row, "_asdict") else dict(zip(df.columns, row))
+        where = f"{path}:{i}"
+        if not row["metric"]:
+            raise ValueError(f"{where}: empty metric name (a truncated row?)")
+        if row["model_type"] not in ("icae", "llm"):
+            raise ValueError(f"{where}: model_type is {row['model_type']!r}, not icae or llm")
+        for col, kind, blank_ok in checks:
+            if col not in row:
+                continue
+            text = row[col].strip()
+            if (not text and not blank_ok) or (text and not _number(text, kind)):
+                want = "an integer" if kind is int else "a number"
+                raise ValueError(f"{where}: column {col!r} is {row[col]!r}, not {want}"
+                                 + (" (a truncated row?)" if not text else ""))
+    dup = df[df.duplicated(["metric"] + [c for c in ("variant", "task", "seed")
+                                         if c in df.columns], keep=False)]
+    if len(dup):
+        raise ValueError(f"{path}: metric {dup['metric'].iloc[0]!r} appears "
+                         f"{len(dup)} times (lines "
+                         f"{', '.join(str(i + 2) for i in dup.index[:4])})")
+
+
+def _check_one_result_per_key(df: pd.DataFrame) -> None:
+    key = df[RESULT_KEY].astype(str)
+    dup = key.duplicated(keep=False)
+    if not dup.any():
+        return
+    first = key[dup].iloc[0]
+    rows = df[dup & (key == first).all(axis=1)]
+    files = list(dict.fromkeys(rows["source"]))
+    desc = ", ".join(f"{k}={first[k]}" for k in RESULT_KEY if first[k] not in ("None", "nan",
+                                                                                "<NA>"))
+    raise ValueError(
+        f"two results for one key ({desc}) in {' and '.join(files[:3])}: only replicas with "
+        "distinct seeds are averaged; remove one file, or give each replica its own seed "
+        "(the workflow's branch folders ...-s<seed>/)")
+
+
 def read_metrics(paths: list[str | os.PathLike]) -> pd.DataFrame:
-    """Concatenate metric files into one long table (columns LONG_COLUMNS)."""
+    """Concatenate metric files into one long table (columns LONG_COLUMNS); each file is
+    validated first (see the module docstring)."""
     frames = []
     for path in paths:
         path = str(path)
         if not Path(path).is_file():
             raise FileNotFoundError(f"metrics file {path} does not exist")
-        try:
-            df = pd.read_csv(path)
-        except pd.errors.EmptyDataError:
-            log.warning("%s is empty; skipped", path)
-            continue
-        missing = {"metric", "value"} - set(df.columns)
-        if missing:
-            raise ValueError(f"{path}: no column(s) {', '.join(sorted(missing))} "
-                             "(expected the long format written by icae evaluate)")
+        validate_metrics_file(path)
+        df = pd.read_csv(path)
         info = _path_info(path)
         for col in LONG_COLUMNS:
             if col not in df.columns:
@@ -133,6 +213,7 @@ def read_metrics(paths: list[str | os.PathLike]) -> pd.DataFrame:
     df["mem_size"] = pd.to_numeric(df["mem_size"], errors="coerce").astype("Int64")
     df["compression_rate"] = pd.to_numeric(df["compression_rate"], errors="coerce")
     df["seed"] = pd.to_numeric(df["seed"], errors="coerce").astype("Int64")
+    _check_one_result_per_key(df)
     df = df[LONG_COLUMNS + [c for c in df.columns if c not in LONG_COLUMNS]]
     return _sort(df)
 
@@ -484,29 +565,36 @@ def plot_training_loss(logs: list[str], out_dir: Path) -> Path | None:
 def aggregate(inputs: list[str], out: str | os.PathLike, logs: list[str] | None = None,
               metrics: Metrics = None, decimals: int = 2,
               title: str | None = None) -> dict[str, Path]:
-    from icae.utils import atomic_write_text
+    from icae.data.io import relax_permissions
+    from icae.utils import atomic_directory, atomic_write_text
 
     out = Path(out)
-    plots = out / "plots"
-    plots.mkdir(parents=True, exist_ok=True)
-    long = read_metrics(inputs)
-    paths = {"long": out / "metrics_long.csv", "wide": out / "metrics_wide.csv",
+    long = read_metrics(inputs)  # validated before anything is written
+    final = {"long": out / "metrics_long.csv", "wide": out / "metrics_wide.csv",
              "markdown": out / "metrics_wide.md", "latex": out / "metrics_wide.tex"}
-    atomic_write_text(paths["long"], long.to_csv(index=False, float_format="%.10g"))
-    wide = wide_table(long, metrics)
-    if wide.empty:
-        atomic_write_text(paths["wide"], ",".join(ROW_KEYS) + "\n")
-        atomic_write_text(paths["markdown"], "_no metrics_\n")
-        atomic_write_text(paths["latex"], "% no metrics\n")
-    else:
-        atomic_write_text(paths["wide"], wide_csv(wide).to_csv(index=False, float_format="%.10g"))
-        atomic_write_text(paths["markdown"], to_markdown(wide, decimals))
-        atomic_write_text(paths["latex"], to_latex(wide, decimals, caption=title))
-    for path in plot_vs_compression_rate(long, plots, metrics):
-        paths[path.stem] = path
-    loss = plot_training_loss(list(logs or []), plots)
-    if loss is not None:
-        paths["training_loss"] = loss
+    # The tables folder is replaced as a whole: never half old, half new.
+    with atomic_directory(out) as tmp:
+        plots = tmp / "plots"
+        plots.mkdir(parents=True, exist_ok=True)
+        paths = {k: tmp / p.name for k, p in final.items()}
+        atomic_write_text(paths["long"], long.to_csv(index=False, float_format="%.10g"))
+        wide = wide_table(long, metrics)
+        if wide.empty:
+            atomic_write_text(paths["wide"], ",".join(ROW_KEYS) + "\n")
+            atomic_write_text(paths["markdown"], "_no metrics_\n")
+            atomic_write_text(paths["latex"], "% no metrics\n")
+        else:
+            atomic_write_text(paths["wide"],
+                              wide_csv(wide).to_csv(index=False, float_format="%.10g"))
+            atomic_write_text(paths["markdown"], to_markdown(wide, decimals))
+            atomic_write_text(paths["latex"], to_latex(wide, decimals, caption=title))
+        for path in plot_vs_compression_rate(long, plots, metrics):
+            final[path.stem] = out / "plots" / path.name
+        loss = plot_training_loss(list(logs or []), plots)
+        if loss is not None:
+            final["training_loss"] = out / "plots" / loss.name
+        relax_permissions(tmp)
+    paths = final
     log.info("aggregated %d metric rows from %d files into %s", len(long), len(inputs), out)
     return paths
 

@@ -30,7 +30,9 @@ repoqa take ``evaluation.max_new_tokens_by_task.<task>`` when set, else the task
 (its end token), since their metrics compare whole sequences.
 
 Outputs in ``evaluation.output_dir`` (default
-``<output_root>/<run_name>/eval/<evaluation.variant>/<task>``), each written atomically:
+``<output_root>/<run_name>/eval/<evaluation.variant>/<task>``), written into a sibling
+temporary folder that then replaces the output folder as a whole (a failure leaves the
+previous outputs untouched; read-only outputs are refused without ``--overwrite``):
 
 ``predictions.jsonl``
     one line per example (a trajectory turn for ``trajectories``), in file order: ``id``,
@@ -66,6 +68,7 @@ import csv
 import io
 import logging
 import math
+import os
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -111,7 +114,7 @@ def output_dir(cfg) -> Path:
 
 def run(cfg, args=None) -> dict:
     """CLI entry point (``python -m icae evaluate``)."""
-    summary = evaluate(cfg)
+    summary = evaluate(cfg, overwrite=bool(getattr(args, "overwrite", False)))
     log.info("evaluate %s: %s -> %s", cfg.evaluation.task,
              ", ".join(f"{k}={v:.4g}" for k, v in summary["metrics"].items()
                        if k in TASK_METRICS[cfg.evaluation.task] and v is not None),
@@ -120,29 +123,51 @@ def run(cfg, args=None) -> dict:
 
 
 def check_checkpoint(path: str | None, model_cfg) -> dict | None:
-    """Fail early with the path when a checkpoint is missing; warn about settings that
-    the checkpoint does not enforce but that change what its weights mean."""
+    """Fail early, before any data or model is loaded: a missing checkpoint, or one whose
+    settings (position layout, compression rate, memory size, adapter) differ from
+    ``model.*``, is an error naming the key (the same rule as fine-tuning and resuming)."""
     if not path:
         return None
-    from icae.models.checkpoint import read_meta
+    from icae.models.checkpoint import check_settings, read_meta
 
     if not Path(path).exists():
         raise FileNotFoundError(f"evaluation.checkpoint: {path} does not exist")
     meta = read_meta(path)  # FileNotFoundError when the folder is not a checkpoint
-    for key in ("position_layout", "mean_compression_rate"):
-        mine = getattr(model_cfg, key)
-        if meta.get(key) is not None and meta.get(key) != mine and (
-                meta.get("model_type") == "icae"):
-            log.warning("checkpoint %s was trained with model.%s=%r; evaluating with %r",
-                        path, key, meta.get(key), mine)
+    check_settings(meta, model_cfg, str(path))
     return meta
+
+
+def check_output_dir(out_dir: Path, overwrite: bool) -> None:
+    """Before any generation: the outputs can be written (the folder is replaced as a whole
+    through a sibling temporary folder, so its parent must take new entries), and
+    existing read-only outputs are protected unless ``overwrite``."""
+    import stat
+    import tempfile
+
+    if out_dir.exists():
+        if not out_dir.is_dir():
+            raise ValueError(f"evaluation output {out_dir} exists and is not a folder")
+        locked = [p.name for p in [out_dir, *out_dir.iterdir()]
+                  if not p.stat().st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH)]
+        if locked and not overwrite:
+            raise ValueError(
+                f"evaluation output {out_dir} holds read-only outputs ({', '.join(locked[:4])})"
+                ": they are protected; pass --overwrite to replace them, or set "
+                "evaluation.output_dir elsewhere")
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".probe")
+        os.rmdir(probe)
+    except OSError as exc:
+        raise ValueError(f"evaluation output {out_dir} cannot be written ({exc}); fix the "
+                         "permissions or set evaluation.output_dir elsewhere") from None
 
 
 def _device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def evaluate(cfg, model=None) -> dict:
+def evaluate(cfg, model=None, overwrite: bool = False) -> dict:
     """Evaluate ``cfg.evaluation.task``; build the model from ``cfg`` unless one is given.
     Returns the summary (also written to ``summary.json``)."""
     from icae.utils import seed_everything
@@ -154,6 +179,7 @@ def evaluate(cfg, model=None) -> dict:
     out_dir = output_dir(cfg)
     data_path, rows = load_rows(cfg, task)
     meta = check_checkpoint(e.checkpoint, cfg.model)
+    check_output_dir(out_dir, overwrite)
     t_start = time.perf_counter()
     seed_everything(cfg.seed)
     if model is None:
@@ -231,13 +257,17 @@ def evaluate(cfg, model=None) -> dict:
     summary["trained_markers"] = None if trained is None else sorted(trained)
     summary["prompt_markers"] = prompt_markers(examples)
 
-    out_dir.mkdir(parents=True, exist_ok=True)
     from icae.config import write_resolved_config
+    from icae.data.io import relax_permissions
+    from icae.utils import atomic_directory
 
-    atomic_write_jsonl(out_dir / "predictions.jsonl", records)
-    write_resolved_config(cfg, out_dir)
-    atomic_write_json(out_dir / "summary.json", summary)
-    atomic_write_text(out_dir / "metrics.csv", metrics_csv(cfg, model_cfg, task, metrics))
+    # All outputs or none: written beside, then swapped in with one rename.
+    with atomic_directory(out_dir) as tmp:
+        atomic_write_jsonl(tmp / "predictions.jsonl", records)
+        write_resolved_config(cfg, tmp)
+        atomic_write_json(tmp / "summary.json", summary)
+        atomic_write_text(tmp / "metrics.csv", metrics_csv(cfg, model_cfg, task, metrics))
+        relax_permissions(tmp)
     return summary
 
 
@@ -489,7 +519,8 @@ def _summary(cfg, model_cfg, task, data_path, out_dir, metrics, meta, model) -> 
         "baseline": e.baseline,
         "base_model": model_cfg.base_model,
         "checkpoint": e.checkpoint,
-        "checkpoint_meta": {k: v for k, v in (meta or {}).items() if k != "tensors"} or None,
+        "checkpoint_meta": {k: v for k, v in (meta or {}).items()
+                            if k not in ("tensors", "base_fingerprint")} or None,
         "mem_size": model_cfg.mem_size if is_icae or e.baseline == "truncate" else None,
         "mean_compression_rate": (model_cfg.mean_compression_rate
                                   if is_icae or e.baseline == "truncate" else None),

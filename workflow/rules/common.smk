@@ -21,6 +21,7 @@ Nothing here defines a rule.
 """
 
 import copy
+import difflib
 import hashlib
 import itertools
 import json
@@ -141,6 +142,42 @@ def coerce_to_schema(value, schema, root):
     return value
 
 
+def check_config_keys(value, schema, root, prefix="config"):
+    """Unknown keys fail with the key's dotted name and a "did you mean" (as icae's CLI),
+    not with the schema dump of a failed JSON-schema validation."""
+    schema = _schema_at(root, schema)
+    for sub in schema.get("allOf", []):
+        check_config_keys(value, sub, root, prefix)
+    if not isinstance(value, dict) or "properties" not in schema:
+        return
+    props = schema["properties"]
+    for key, sub in value.items():
+        name = f"{key}" if prefix == "config" else f"{prefix}.{key}"
+        if key not in props:
+            if schema.get("additionalProperties", True) is False:
+                close = difflib.get_close_matches(str(key), list(props), n=1)
+                hint = f"; did you mean '{close[0]}'?" if close else ""
+                raise WorkflowError(f"invalid config: {name}: unknown key{hint}")
+            continue
+        check_config_keys(sub, props[key], root, name)
+        items = _schema_at(root, props[key]).get("items")
+        if isinstance(sub, list) and isinstance(items, dict):
+            for i, item in enumerate(sub):
+                check_config_keys(item, items, root, f"{name}[{i}]")
+
+
+def first_schema_error(value, schema):
+    """One line for the first JSON-schema violation: the dotted key and what is wrong."""
+    import jsonschema
+
+    cls = jsonschema.validators.validator_for(schema)
+    error = jsonschema.exceptions.best_match(cls(schema).iter_errors(value))
+    if error is None:
+        return None
+    key = ".".join(str(p) for p in error.absolute_path) or "config"
+    return f"invalid config: {key}: {error.message}"
+
+
 def resolve_experiment(data, where):
     """Run icae's own config checks; return all non-workflow sections with defaults."""
     try:
@@ -169,7 +206,11 @@ def fmt_rate(rate):
 
 _SCHEMA = yaml.safe_load(SCHEMA_PATH.read_text(encoding="utf-8"))
 coerce_to_schema(config, _SCHEMA, _SCHEMA)
-validate(config, "../schemas/config.schema.yaml")
+check_config_keys(config, _SCHEMA, _SCHEMA)
+_error = first_schema_error(config, _SCHEMA)
+if _error:
+    raise WorkflowError(_error)
+validate(config, "../schemas/config.schema.yaml")  # fills in the defaults
 
 WF = config["workflow"]
 EXP = resolve_experiment({k: v for k, v in config.items() if k != "workflow"}, "config")
@@ -463,6 +504,9 @@ def job_pretrain(branch):
         "seed": cfg["seed"],
     }
     lineage = {"pretrain": tracked, "upstream": job_prepare_data("pretrain")[1]}
+    # The job's resume check ignores what this workflow ignores (its work folder is
+    # already named by the hash of everything else).
+    cfg["workflow"] = {"untracked_keys": sorted(UNTRACKED)}
     cfg["pretrain"]["output_dir"] = out
     cfg["pretrain"][
         "resume_dir"
@@ -485,6 +529,7 @@ def job_finetune(branch, dataset, model_type):
     if model_type == "icae":
         upstream.append(job_pretrain(branch)[1])
     lineage = {"finetune": tracked, "upstream": upstream}
+    cfg["workflow"] = {"untracked_keys": sorted(UNTRACKED)}
     ft["output_dir"] = finetune_dir(branch, dataset, model_type)
     ft["resume_dir"] = (
         f"{WORK_DIR}/{branch}/finetune-{dataset}-{model_type}-{short_hash(canonical(lineage))}"

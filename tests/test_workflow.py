@@ -154,6 +154,28 @@ def test_lint_and_snakefmt(tmp_path):
     assert fmt.returncode == 0, fmt.stdout + fmt.stderr
 
 
+def test_rules_use_the_top_level_conda_env():
+    """Every rule's conda: directive names envs/icae.yaml, which lists the package's
+    dependencies (same names and bounds as pyproject.toml)."""
+    import tomllib
+
+    env_file = REPO / "envs" / "icae.yaml"
+    rules = sorted((REPO / "workflow" / "rules").glob("*.smk"))
+    n_rules = 0
+    for smk in rules:
+        text = smk.read_text()
+        n_rules += len(re.findall(r"^rule \w+:", text, re.M))
+        for rel in re.findall(r"conda:\s*\n\s*\"([^\"]+)\"", text):
+            assert (smk.parent / rel).resolve() == env_file, (smk.name, rel)
+    conda = sum(smk.read_text().count("conda:") for smk in rules)
+    assert conda == n_rules, "a rule without a conda: directive"
+    assert not (REPO / "workflow" / "envs").exists()
+    pip = yaml.safe_load(env_file.read_text())["dependencies"][-1]["pip"]
+    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    missing = [d for d in deps if d not in pip and not d.startswith("snakemake")]
+    assert not missing, f"envs/icae.yaml lacks {missing}"
+
+
 def _placeholder_tree(tmp_path: Path, config: Path | None = None) -> Path:
     """Copy a config into tmp_path with empty placeholders for its local data files."""
     config = config or REPO / "configs" / "quickstart.yaml"
@@ -303,9 +325,17 @@ if cmd == "aggregate":
 
 from icae.config import dump_config, load_config
 
+import time
+
 cfg = load_config(None, rest)
+t0 = time.time()
+if cmd == "evaluate":
+    time.sleep(float(os.environ.get("FAKE_ICAE_SLEEP", "0")))
 with open(os.environ["FAKE_ICAE_CALLS"], "a") as fh:
-    fh.write(json.dumps({"cmd": cmd, "env": os.environ.get("FAKE_ICAE_MARK")}) + "\n")
+    fh.write(json.dumps({"cmd": cmd, "env": os.environ.get("FAKE_ICAE_MARK"),
+                         "cuda": os.environ.get("CUDA_VISIBLE_DEVICES"),
+                         "omp": os.environ.get("OMP_NUM_THREADS"),
+                         "t0": t0, "t1": time.time()}) + "\n")
 
 
 def number(*parts):
@@ -550,6 +580,34 @@ def test_failed_training_resumes(stub_run):
                        "checkpoint.json").read_text())
     assert meta["resumed"] is True
     assert not states[0].exists()  # cleaned up after success
+
+
+@pytest.mark.slow
+def test_parallel_gpu_jobs_get_their_own_device_and_threads(stub_run):
+    """A fake two-GPU machine: with --resources gpu=2, evaluations run two at a time,
+    each with its own CUDA_VISIBLE_DEVICES; every job gets its rule's threads."""
+    tmp_path, data = stub_run
+    data["workflow"].update(model_types=["llm"], finetune_datasets=["squad", "repoqa"],
+                            baselines=["base", "no_context"], pretrained_tasks=[])
+    data["workflow"]["env"]["FAKE_ICAE_SLEEP"] = "1.5"
+    data["workflow"]["threads"] = {"evaluate": 2, "finetune": 3}
+    cfg = write_config(tmp_path / "gpus.yaml", data)
+    snakemake(tmp_path, cfg, "--cores", "4", "--resources", "gpu=2",
+              env={"CUDA_VISIBLE_DEVICES": "0,1",
+                   "ICAE_GPU_LOCK_DIR": str(tmp_path / "locks")})
+    calls = [json.loads(line) for line in (tmp_path / "calls.jsonl").read_text().splitlines()]
+    evals = [c for c in calls if c["cmd"] == "evaluate"]
+    assert len(evals) == 6
+    assert all(c["cuda"] in ("0", "1") for c in evals), evals
+    overlapping = [(a, b) for i, a in enumerate(evals) for b in evals[i + 1:]
+                   if a["t0"] < b["t1"] and b["t0"] < a["t1"]]
+    assert overlapping, "no two evaluations ran at the same time"
+    assert all(a["cuda"] != b["cuda"] for a, b in overlapping), overlapping
+    assert {c["cuda"] for c in evals} == {"0", "1"}
+    omp = {c["cmd"]: c["omp"] for c in calls}
+    assert omp["evaluate"] == "2" and omp["finetune"] == "3", omp
+    # CPU-only rules are not placed on a device.
+    assert {c["cuda"] for c in calls if c["cmd"] == "prepare-data"} == {"0,1"}
 
 
 @pytest.mark.slow

@@ -35,7 +35,8 @@ rule aggregate:
         f"{BENCH_DIR}/aggregate.tsv"
     localrule: is_local("aggregate")
     conda:
-        "../envs/icae.yaml"
+        "../../envs/icae.yaml"
+    threads: threads("aggregate")
     params:
         tracked=tracked("aggregate"),
         icae=icae_command("aggregate"),

@@ -600,7 +600,15 @@ def icae_command(step):
         launcher = WF["multi_gpu_launcher"].format(gpu=gpus)
     else:
         launcher = shlex.quote(WF["python"])
-    return Untracked(" ".join(["env", *env, launcher, "-m", "icae"]))
+    placement = []
+    if gpus > 0:
+        # Snakemake's gpu resource only counts GPUs; icae.placement picks free devices
+        # (lock files) and sets CUDA_VISIBLE_DEVICES, so parallel jobs do not all use
+        # cuda:0. It needs only the standard library, so Snakemake's own interpreter
+        # runs it whatever workflow.python is.
+        placement = [shlex.quote(sys.executable), "-m", "icae.placement"]
+        placement += ["--gpus", str(gpus), "--"]
+    return Untracked(" ".join(["env", *env, *placement, launcher, "-m", "icae"]))
 
 
 def cleanup(step):
@@ -622,6 +630,14 @@ def is_local(name):
 
 def gpus(step):
     return WF["gpu"][step]
+
+
+def threads(step):
+    """CPU threads of a job (``workflow.threads``). Snakemake sets OMP_NUM_THREADS and
+    friends to it (1 when a rule declares none), caps it at ``--cores`` locally, and the
+    SLURM plugin requests it as ``--cpus-per-task``: what is asked for is what is used.
+    """
+    return WF["threads"][step]
 
 
 def branch_regex(*kinds):

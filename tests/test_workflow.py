@@ -468,10 +468,13 @@ def test_stub_dag_outputs_and_reruns(stub_run):
                  run / "llm-s42" / "eval" / "base" / "repoqa" / "summary.json",
                  run / "benchmarks" / "m16-r4-epl-s42" / "pretrain.tsv",
                  tmp_path / "logs" / "tiny" / "m16-r4-epl-s42" / "pretrain.log",
-                 *(run / "tables" / f for f in ("metrics_long.csv", "metrics_wide.csv",
-                                                "metrics_wide.md", "metrics_wide.tex")),
-                 run / "tables" / "plots" / "qa_vs_compression_rate.png",
-                 run / "tables" / "plots" / "training_loss.png"]:
+                 *(run / "tables" / f for f in ("metrics_long.csv", "metrics_wide.csv")),
+                 *(run / "tables" / f"{t}.{ext}" for t in ("ae", "qa", "repoqa",
+                                                           "trajectories", "summary")
+                   for ext in ("tex", "md", "csv")),
+                 *(run / "tables" / "plots" / f"qa_by_method.{ext}"
+                   for ext in ("png", "pdf", "svg")),
+                 run / "tables" / "plots" / "training_loss.pdf"]:
         assert path.exists(), path
     # Resume folders live outside the outputs and are removed after success.
     assert not any((run / "work").rglob("state.json"))
@@ -557,8 +560,11 @@ def _check_tables(run: Path):
                 sel &= wide[col].isna() if pd.isna(value) else wide[col] == value
             cell = wide.loc[sel, f"{row.dataset}/{row.metric}"]
             assert cell.tolist() == [pytest.approx(row.value, nan_ok=True)], (f, row)
-    md = (run / "tables" / "metrics_wide.md").read_text()
-    assert md.count("\n") == 2 + len(wide)
+    qa = (run / "tables" / "qa.tex").read_text()
+    assert "\\label{tab:tiny-qa}" in qa and "\\toprule" in qa and "F1 $\\uparrow$" in qa
+    rows = qa.split("\\midrule", 1)[1].split("\\bottomrule", 1)[0].strip().splitlines()
+    assert len(rows) == len(wide[wide[[c for c in wide.columns if c.startswith("squad/")]]
+                                 .notna().any(axis=1)])
 
 
 @pytest.mark.slow
@@ -619,7 +625,7 @@ def test_report(stub_run):
     snakemake(tmp_path, cfg)
     snakemake(tmp_path, cfg, "--report", "report.html")
     html = (tmp_path / "report.html").read_text(errors="replace")
-    assert "metrics_wide" in html and "training_loss" in html
+    assert "summary.tex" in html and "qa.md" in html and "training_loss" in html
 
 
 # ---------------------------------------------------------------------------------------

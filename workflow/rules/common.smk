@@ -363,6 +363,12 @@ def metrics_files():
     return [f"{eval_dir(b, v, t)}/metrics.csv" for b, v, t in EVALUATIONS]
 
 
+def paper_table_names():
+    """The aggregate step's tables: one per evaluated task, then the summary."""
+    tasks = list(dict.fromkeys(t for _, _, t in EVALUATIONS))
+    return tasks + ["summary"] if tasks else []
+
+
 def training_logs():
     logs = []
     for b in branches("icae"):

@@ -26,3 +26,25 @@ def test_requires_python_covers_the_dependencies(dist):
     except metadata.PackageNotFoundError:
         pytest.skip(f"{dist} not installed")
     assert _min_version(ours) >= _min_version(theirs), (dist, ours, theirs)
+
+
+def test_outputs_are_group_readable(tmp_path):
+    """Atomic writes and checkpoint folders get the modes of a plain open()/mkdir (0644 /
+    0755 under the usual umask 022), not mkstemp's 0600 / mkdtemp's 0700, which would
+    hide results from the group on shared storage."""
+    import os
+    import stat
+
+    from icae.utils import atomic_directory, atomic_write_json, atomic_write_text
+
+    old = os.umask(0o027)  # a typical shared-storage umask: group may read
+    try:
+        f = atomic_write_text(tmp_path / "a" / "metrics.csv", "x\n")
+        j = atomic_write_json(tmp_path / "summary.json", {"a": 1})
+        with atomic_directory(tmp_path / "ckpt") as d:
+            atomic_write_text(d / "checkpoint.json", "{}")
+    finally:
+        os.umask(old)
+    for path in (f, j, tmp_path / "ckpt" / "checkpoint.json"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o640, path
+    assert stat.S_IMODE((tmp_path / "ckpt").stat().st_mode) == 0o750

@@ -80,6 +80,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from icae.progress import quiet_third_party_bars
+
+    quiet_third_party_bars()
     config = args.config
     if args.command == "try":
         from icae.try_model import config_path

@@ -272,9 +272,17 @@ def test_commands_parse_back_into_the_job_config(tmp_path):
 
     config = _placeholder_tree(tmp_path, REPO / "configs" / "sweep-example.yaml")
     proc = snakemake(tmp_path, config, "-n", "-p", "--forceall")
-    commands = [line.split(" -m icae ", 1)[1] for line in proc.stdout.splitlines()
-                if " -m icae " in line]
+    lines = [line for line in proc.stdout.splitlines() if " -m icae " in line]
+    commands = [line.split(" -m icae ", 1)[1] for line in lines]
     assert len(commands) > 20
+    # Training jobs name their wandb run after the branch and step.
+    pre = [line for line in lines if " -m icae pretrain " in line]
+    assert pre and all(re.search(r"ICAE_WANDB_NAME=sweep-example/m\d+-r4-\w+-s42/pretrain ",
+                                 line) for line in pre), pre[0]
+    assert all("ICAE_WANDB_GROUP=sweep-example/m" in line for line in pre)
+    ft = [line for line in lines if " -m icae finetune " in line]
+    assert ft and all(re.search(r"ICAE_WANDB_NAME=sweep-example/\S+/finetune-\w+-(icae|llm) ",
+                                line) for line in ft), ft[0]
     seen = set()
     for command in commands:
         command = command.split(" > ", 1)[0]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import random
+from contextlib import contextmanager
 from pathlib import Path
 
 from icae.config import ExperimentConfig, TrainingConfig, dump_config
@@ -50,9 +51,10 @@ def pretrain(cfg: ExperimentConfig, args=None) -> dict:
         ae_contexts = [r["context_ids"] for r in
                        rng.sample(records, min(t.ae_bleu_samples, len(records)))]
     out, resume = _dirs(cfg, t, "pretrain")
-    return train(model, train_set, eval_set, t, output_dir=out, resume_dir=resume,
-                 seed=cfg.seed, config_text=dump_config(cfg), ae_contexts=ae_contexts,
-                 extra_meta={"stage": "pretrain", "examples": stats.examples})
+    with _tracked(cfg, "pretrain", resume):
+        return train(model, train_set, eval_set, t, output_dir=out, resume_dir=resume,
+                     seed=cfg.seed, config_text=dump_config(cfg), ae_contexts=ae_contexts,
+                     extra_meta={"stage": "pretrain", "examples": stats.examples})
 
 
 def finetune(cfg: ExperimentConfig, args=None) -> dict:
@@ -65,7 +67,25 @@ def finetune(cfg: ExperimentConfig, args=None) -> dict:
     model = build_model(cfg.model, checkpoint=t.init_checkpoint)
     train_set, eval_set, stats = _build(cfg, t.dataset, t, model)
     out, resume = _dirs(cfg, t, f"finetune-{t.dataset}-{cfg.model.model_type}")
-    return train(model, train_set, eval_set, t, output_dir=out, resume_dir=resume,
-                 seed=cfg.seed, config_text=dump_config(cfg),
-                 extra_meta={"stage": "finetune", "dataset": t.dataset,
-                             "init_checkpoint": t.init_checkpoint, "examples": stats.examples})
+    with _tracked(cfg, "finetune", resume):
+        return train(model, train_set, eval_set, t, output_dir=out, resume_dir=resume,
+                     seed=cfg.seed, config_text=dump_config(cfg),
+                     extra_meta={"stage": "finetune", "dataset": t.dataset,
+                                 "init_checkpoint": t.init_checkpoint,
+                                 "examples": stats.examples})
+
+
+@contextmanager
+def _tracked(cfg: ExperimentConfig, stage: str, resume: Path):
+    """The job's wandb run (icae.training.tracking) around training, when asked for."""
+    from icae.training.tracking import start_run
+
+    run = start_run(cfg, stage, resume)
+    try:
+        yield run
+    except BaseException:
+        if run is not None:
+            run.finish(exit_code=1)  # marked failed; a retried job resumes the same run
+        raise
+    if run is not None:
+        run.finish()

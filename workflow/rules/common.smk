@@ -598,23 +598,51 @@ def icae_command(step):
     """params.icae: ``env PYTHONPATH=<checkout> K=V ... <python|launcher> -m icae`` (not
     tracked). The checkout holding this workflow comes first on PYTHONPATH, so jobs run
     its icae code with any interpreter (the .venv, a --sdm conda environment)."""
-    pythonpath = shlex.quote(str(REPO_ROOT)) + "${PYTHONPATH:+:$PYTHONPATH}"
-    env = [f"PYTHONPATH={pythonpath}"]
-    env += [f"{k}={shlex.quote(str(v))}" for k, v in WF["env"].items()]
-    gpus = WF["gpu"].get(step, 0)
-    if step in ("pretrain", "finetune") and gpus > 1:
-        launcher = WF["multi_gpu_launcher"].format(gpu=gpus)
+
+    def get(wildcards):
+        pythonpath = shlex.quote(str(REPO_ROOT)) + "${PYTHONPATH:+:$PYTHONPATH}"
+        env = [f"PYTHONPATH={pythonpath}"]
+        env += [f"{k}={shlex.quote(str(v))}" for k, v in tracking_env(step, wildcards)]
+        env += [f"{k}={shlex.quote(str(v))}" for k, v in WF["env"].items()]
+        gpus = WF["gpu"].get(step, 0)
+        if step in ("pretrain", "finetune") and gpus > 1:
+            launcher = WF["multi_gpu_launcher"].format(gpu=gpus)
+        else:
+            launcher = shlex.quote(WF["python"])
+        placement = []
+        if gpus > 0:
+            # Snakemake's gpu resource only counts GPUs; icae.placement picks free devices
+            # (lock files) and sets CUDA_VISIBLE_DEVICES, so parallel jobs do not all use
+            # cuda:0. It needs only the standard library, so Snakemake's own interpreter
+            # runs it whatever workflow.python is.
+            placement = [shlex.quote(sys.executable), "-m", "icae.placement"]
+            placement += ["--gpus", str(gpus), "--"]
+        return Untracked(" ".join(["env", *env, *placement, launcher, "-m", "icae"]))
+
+    return get
+
+
+def tracking_env(step, wildcards):
+    """Run name, group, job type and tags of a training job's wandb run
+    (icae.training.tracking reads them; used only with report_to: [wandb])."""
+    if step not in ("pretrain", "finetune"):
+        return []
+    branch = wildcards.branch
+    b = BRANCHES[branch]
+    if step == "pretrain":
+        job, tags = "pretrain", ["pretrain", "icae"]
     else:
-        launcher = shlex.quote(WF["python"])
-    placement = []
-    if gpus > 0:
-        # Snakemake's gpu resource only counts GPUs; icae.placement picks free devices
-        # (lock files) and sets CUDA_VISIBLE_DEVICES, so parallel jobs do not all use
-        # cuda:0. It needs only the standard library, so Snakemake's own interpreter
-        # runs it whatever workflow.python is.
-        placement = [shlex.quote(sys.executable), "-m", "icae.placement"]
-        placement += ["--gpus", str(gpus), "--"]
-    return Untracked(" ".join(["env", *env, *placement, launcher, "-m", "icae"]))
+        job = f"finetune-{wildcards.dataset}-{wildcards.model_type}"
+        tags = ["finetune", wildcards.model_type, wildcards.dataset]
+    tags.append(branch)
+    if b["layout"] is not None:
+        tags += [f"mem{b['mem_size']}", f"rate{fmt_rate(b['rate'])}", b["layout"]]
+    return [
+        ("ICAE_WANDB_NAME", f"{EXP['run_name']}/{branch}/{job}"),
+        ("ICAE_WANDB_GROUP", f"{EXP['run_name']}/{branch}"),
+        ("ICAE_WANDB_JOB_TYPE", step),
+        ("ICAE_WANDB_TAGS", ",".join(tags)),
+    ]
 
 
 def cleanup(step):

@@ -48,3 +48,20 @@ def test_outputs_are_group_readable(tmp_path):
     for path in (f, j, tmp_path / "ckpt" / "checkpoint.json"):
         assert stat.S_IMODE(path.stat().st_mode) == 0o640, path
     assert stat.S_IMODE((tmp_path / "ckpt").stat().st_mode) == 0o750
+
+
+@pytest.mark.parametrize("config", ["qwen3-8b.yaml", "mistral-7b.yaml"])
+def test_readme_says_where_every_paper_data_source_comes_from(config):
+    import yaml
+
+    data = yaml.safe_load((REPO / "configs" / config).read_text())["data"]
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("## Data sources of the paper configs", 1)[1].split("\n## ", 1)[0]
+    named = []
+    for source in data["pretrain"]["sources"] + data["pretrain"]["eval_sources"]:
+        named.append(source.get("hf_dataset") or source["path"])
+    named.append(data["squad"].get("hf_dataset") or data["squad"]["train_file"])
+    named.append(Path(data["repoqa"]["release_file"]).name)
+    named += [Path(data["trajectories"][k]).as_posix() for k in ("train_file", "eval_file")]
+    missing = [n for n in named if n not in section]
+    assert not missing, f"README's data section does not explain {missing}"

@@ -604,7 +604,10 @@ def test_parallel_gpu_jobs_get_their_own_device_and_threads(stub_run):
     data["workflow"].update(model_types=["llm"], finetune_datasets=["squad", "repoqa"],
                             baselines=["base", "no_context"], pretrained_tasks=[])
     data["workflow"]["env"]["FAKE_ICAE_SLEEP"] = "1.5"
-    data["workflow"]["threads"] = {"evaluate": 2, "finetune": 3}
+    data["workflow"]["threads"] = {"evaluate": 2, "finetune": 4}
+    # Fine-tunes take both GPUs through the multi-GPU launcher (here the stand-in).
+    data["workflow"]["gpu"] = {"finetune": 2}
+    data["workflow"]["multi_gpu_launcher"] = data["workflow"]["python"]
     cfg = write_config(tmp_path / "gpus.yaml", data)
     snakemake(tmp_path, cfg, "--cores", "4", "--resources", "gpu=2",
               env={"CUDA_VISIBLE_DEVICES": "0,1",
@@ -619,7 +622,9 @@ def test_parallel_gpu_jobs_get_their_own_device_and_threads(stub_run):
     assert all(a["cuda"] != b["cuda"] for a, b in overlapping), overlapping
     assert {c["cuda"] for c in evals} == {"0", "1"}
     omp = {c["cmd"]: c["omp"] for c in calls}
-    assert omp["evaluate"] == "2" and omp["finetune"] == "3", omp
+    # 4 threads shared by the launcher's 2 processes.
+    assert omp["evaluate"] == "2" and omp["finetune"] == "2", omp
+    assert {c["cuda"] for c in calls if c["cmd"] == "finetune"} in ({"0,1"}, {"1,0"})
     # CPU-only rules are not placed on a device.
     assert {c["cuda"] for c in calls if c["cmd"] == "prepare-data"} == {"0,1"}
 

@@ -166,6 +166,8 @@ def _lines(sub, compressed, refs, task, metrics, out_dir, plt, kind, x) -> Path:
     parts = [k for k in ("mem_size", "compression_rate", "position_layout")
              if k != x and not (x == "compression_rate_effective" and k == "compression_rate")]
     styles = ["-", "--", "-.", ":"]
+    colors: dict[str, int] = {}  # one colour / marker per label across the panels
+    ref_styles: dict[str, int] = {}
     for ax, metric in zip(axes, metrics):
         info = metric_info(task, metric)
         m = compressed[compressed["metric"].astype(str) == metric]
@@ -184,7 +186,8 @@ def _lines(sub, compressed, refs, task, metrics, out_dir, plt, kind, x) -> Path:
             points = tuple(zip(grp[x], grp["mean"], grp["std"].fillna(0),
                                grp["compression_rate"] if eff else [None] * len(grp)))
             series.append((_describe(row, parts), points))
-        for i, (label, points) in enumerate(_merge_identical(series)):
+        for label, points in _merge_identical(series):
+            i = colors.setdefault(label, len(colors))
             xv, yv, err, conf = zip(*points)
             ax.errorbar(xv, yv, yerr=err if any(err) else None, marker="os^Dv<>"[i % 7],
                         linestyle=styles[(i // 10) % len(styles)], capsize=3,
@@ -196,8 +199,8 @@ def _lines(sub, compressed, refs, task, metrics, out_dir, plt, kind, x) -> Path:
         r = refs[refs["metric"].astype(str) == metric]
         lines = [(variant_name(row["variant"]), ((row["mean"],),))
                  for _, row in _seed_stats(r, ["variant"], "shown").iterrows()]
-        for j, (label, ((y,),)) in enumerate(_merge_identical(lines)):
-            _reference(ax, j, y, label)
+        for label, ((y,),) in _merge_identical(lines):
+            _reference(ax, ref_styles.setdefault(label, len(ref_styles)), y, label)
         values = sorted(stats[x].dropna().unique())
         if x in ("compression_rate", "mem_size") and values and min(values) > 0:
             ax.set_xscale("log", base=2)

@@ -288,7 +288,13 @@ def build_table(long: pd.DataFrame, metric_columns: list[tuple[str, str]], *, na
         return frame.reset_index(drop=True)
 
     seeds = part("n").fillna(0)
-    notes = ["Scores in %; loss in nats; bold: best per column."]
+    units = []
+    if any(info.factor == 100.0 or (t, m) in ALREADY_PERCENT
+           for (t, m), info in zip(metric_columns, infos)):
+        units.append("scores in %")
+    if any(info.label.startswith("Loss") for info in infos):
+        units.append("loss in nats")
+    notes = ["; ".join(units + ["bold: best per column"]).capitalize() + "."]
     if (seeds > 1).any().any():
         notes.append(f"Mean ± std over {int(seeds.max().max())} seeds.")
     if "Eff. rate" in key_frame.columns:

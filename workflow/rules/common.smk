@@ -607,6 +607,10 @@ def icae_command(step):
         gpus = WF["gpu"].get(step, 0)
         if step in ("pretrain", "finetune") and gpus > 1:
             launcher = WF["multi_gpu_launcher"].format(gpu=gpus)
+            # Snakemake sets OMP_NUM_THREADS to the job's threads; each of the launcher's
+            # processes gets its share, so the job uses the CPUs it asked for.
+            share = f"$(( ${{OMP_NUM_THREADS:-{gpus}}} / {gpus} ))"
+            env.append(f"OMP_NUM_THREADS=$(( {share} > 0 ? {share} : 1 ))")
         else:
             launcher = shlex.quote(WF["python"])
         placement = []

@@ -27,6 +27,9 @@ COMMANDS = {
                   "time training steps (tokens/s, peak memory) for a config"),
     "export-merged": ("icae.models.portable", "run_export",
                       "merge a plain-LLM checkpoint's adapter into full weights"),
+    "try": ("icae.try_model", "run",
+            "compress a text file (or stdin) with a checkpoint, then reconstruct it or "
+            "answer --question from the memory alone"),
     "show-config": ("icae.cli", "show_config", "print the resolved config"),
 }
 
@@ -65,6 +68,20 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--out", default=None, help="output folder for tables")
             p.add_argument("--logs", nargs="*", default=[], metavar="[LABEL=]LOG_CSV",
                            help="training log.csv files for the loss-curve plot")
+        if name == "try":
+            p.add_argument("--checkpoint", default=None,
+                           help="ICAE checkpoint folder (its config.yaml is the default "
+                                "--config)")
+            p.add_argument("--input", default=None, metavar="FILE",
+                           help="text file to compress ('-' or left out: stdin)")
+            p.add_argument("--question", default=None,
+                           help="answer this question from the memory instead of "
+                                "reconstructing the text")
+            p.add_argument("--max-new-tokens", type=int, default=None,
+                           help="decoding budget (default: text length + 8 to "
+                                "reconstruct, 64 to answer)")
+            p.add_argument("--json", default=None, metavar="FILE",
+                           help="also write the counts and timings as JSON")
         if name == "benchmark":
             p.add_argument("--mode", choices=["ours", "seed-style", "both"], default="both")
             p.add_argument("--steps", type=int, default=5)
@@ -80,8 +97,16 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from icae.progress import quiet_third_party_bars
+
+    quiet_third_party_bars()
+    config = args.config
+    if args.command == "try":
+        from icae.try_model import config_path
+
+        config = config_path(args)
     try:
-        cfg = load_config(args.config, args.overrides)
+        cfg = load_config(config, args.overrides)
     except ValueError as exc:
         parser.exit(2, f"icae {args.command}: config error: {exc}\n")
     module, func, _ = COMMANDS[args.command]

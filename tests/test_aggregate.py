@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from icae.evaluation.aggregate import aggregate, read_metrics, to_latex, to_markdown, wide_table
+from icae.evaluation.aggregate import aggregate, read_metrics, wide_table
 
 COLUMNS = ["run", "variant", "model_type", "baseline", "base_model", "task", "dataset",
            "mem_size", "compression_rate", "position_layout", "checkpoint", "metric", "value",
@@ -125,19 +125,16 @@ def test_wide_table_rows_columns_and_values(tmp_path):
         value_for("llm-s42", "base", "qa", "exact_match"))
     assert base["mem_size"].isna().all() and base["position_layout"].isna().all()
 
-    md = paths["markdown"].read_text()
-    lines = md.splitlines()
-    assert lines[0].startswith("| variant | model | mem | rate | layout |")
-    assert len(lines) == 2 + len(wide)
-    assert f"{value_for('llm-s42', 'base', 'qa', 'exact_match'):.3f}" in md
-    tex = paths["latex"].read_text()
-    assert "\\begin{tabular}" in tex and "\\multicolumn{2}{c}{squad}" in tex
-    assert "icae-ft-squad & icae & 16 & 2 & epl" in tex
-    assert "exact\\_match" in tex
+    # The paper tables: one per task and a summary.
+    for name in ("ae", "qa", "summary"):
+        for ext in ("tex", "md", "csv"):
+            assert paths[f"{name}.{ext}"].is_file(), (name, ext)
+    assert "metrics_wide.md" not in {p.name for p in paths.values()}
 
     plots = tmp_path / "tables" / "plots"
-    assert (plots / "qa_vs_compression_rate.png").stat().st_size > 1000
-    assert (plots / "ae_vs_compression_rate.png").stat().st_size > 1000
+    for stem in ("qa_vs_compression_rate", "qa_vs_mem_size", "ae_vs_compression_rate"):
+        for ext in ("png", "pdf", "svg"):
+            assert (plots / f"{stem}.{ext}").stat().st_size > 1000, (stem, ext)
 
 
 def test_seeds_are_averaged_with_std(tmp_path):
@@ -150,9 +147,11 @@ def test_seeds_are_averaged_with_std(tmp_path):
     assert wide.loc[key, ("squad", "f1", "mean")] == pytest.approx((v1 + v2) / 2)
     assert wide.loc[key, ("squad", "f1", "std")] == pytest.approx(abs(v1 - v2) / math.sqrt(2))
     assert wide.loc[key, ("squad", "f1", "seeds")] == 2
-    md = to_markdown(wide, decimals=2)
+    paths = aggregate(files, tmp_path / "t", decimals=2)
+    md = paths["qa.md"].read_text()
     assert f"{(v1 + v2) / 2:.2f} ± {abs(v1 - v2) / math.sqrt(2):.2f}" in md
-    assert "$\\pm$" in to_latex(wide)
+    assert "over 2 seeds" in md
+    assert "$\\pm$" in paths["qa.tex"].read_text()
 
 
 def test_variant_and_seed_from_path_when_columns_lack_them(tmp_path):
@@ -168,7 +167,7 @@ def test_metric_selection_and_decimals(tmp_path):
     paths = aggregate(files, tmp_path / "t", metrics=["f1"], decimals=1)
     wide = pd.read_csv(paths["wide"])
     assert [c for c in wide.columns if "/" in c] == ["squad/f1"]
-    assert f"{value_for('llm-s42', 'base', 'qa', 'f1'):.1f}" in paths["markdown"].read_text()
+    assert f"{value_for('llm-s42', 'base', 'qa', 'f1'):.1f}" in paths["qa.md"].read_text()
     # The long table keeps every metric.
     assert set(pd.read_csv(paths["long"])["metric"]) == {"bleu1", "token_accuracy",
                                                          "exact_match", "f1"}
@@ -218,8 +217,8 @@ def test_cli(tmp_path):
          "--out", str(out), "--inputs", *map(str, files)],
         capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    for name in ("metrics_long.csv", "metrics_wide.csv", "metrics_wide.md", "metrics_wide.tex",
-                 "plots/qa_vs_compression_rate.png"):
+    for name in ("metrics_long.csv", "metrics_wide.csv", "qa.tex", "qa.md", "qa.csv",
+                 "summary.tex", "plots/qa_by_method.pdf"):
         assert (out / name).is_file(), name
     proc = subprocess.run([sys.executable, "-m", "icae", "aggregate", "--out", str(out)],
                           capture_output=True, text=True)

@@ -317,10 +317,10 @@ def iter_doc_examples(docs: Iterable, tokenizer, pcfg: PretrainDataConfig, seed:
 
 
 def _progress(total: int | None, desc: str, enabled: bool):
-    from tqdm.auto import tqdm
+    from icae.progress import progress
 
-    return tqdm(total=total, desc=desc, unit="tok", disable=None if enabled else True,
-                unit_scale=True, dynamic_ncols=True)
+    # A bar on a terminal, elapsed / throughput / ETA lines in a log file.
+    return progress(total, desc, enabled, unit="tok", unit_scale=True)
 
 
 def build_pretrain_examples(docs_iter: Iterable, tokenizer, pcfg: PretrainDataConfig,

@@ -222,6 +222,15 @@ def _describe(name: str, s: dict) -> str:
     return f"{name}: {files}{extra}"
 
 
+def _timing(s: dict) -> str:
+    from icae.progress import fmt_duration
+
+    rows = sum(v for v in s["files"].values() if isinstance(v, int))
+    seconds = float(s.get("seconds") or 0.0)
+    rate = f", {rows / seconds:.3g} records/s" if seconds > 0 else ""
+    return f" (elapsed {fmt_duration(seconds)}{rate})"
+
+
 def run(cfg: ExperimentConfig, args=None) -> dict:
     names = configured_sets(cfg)
     if not names:
@@ -244,7 +253,7 @@ def run(cfg: ExperimentConfig, args=None) -> dict:
     for name in names:
         log.info("prepare-data: building %s", name)
         summaries[name] = prepare_set(cfg, name, tok)
-        line = _describe(name, summaries[name])
+        line = _describe(name, summaries[name]) + _timing(summaries[name])
         log.info("prepare-data: %s", line)
         print(line, flush=True)
     print(f"prepared data in {cfg.data.prepared_dir}", flush=True)

@@ -280,9 +280,9 @@ def _batches(order: list[int], size: int) -> list[list[int]]:
 
 
 def _progress(total: int, desc: str, enabled: bool):
-    from tqdm.auto import tqdm
+    from icae.progress import progress
 
-    return tqdm(total=total, desc=desc, unit="ex", disable=not enabled, leave=False)
+    return progress(total, desc, enabled, unit="ex")
 
 
 def generate_examples(model, examples: list[Example], batch_size: int, progress: bool

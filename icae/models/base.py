@@ -4,6 +4,7 @@ encoding into padded batches, loss on labelled tokens only, and batched greedy d
 from __future__ import annotations
 
 import time
+import warnings
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
@@ -95,7 +96,13 @@ class LoRAWrappedModel(nn.Module):
         lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
                           lora_dropout=cfg.lora_dropout,
                           target_modules=list(cfg.lora_target_modules), bias="none")
-        self.peft = get_peft_model(base_model, lora, adapter_name=self.adapter_names[0])
+        with warnings.catch_warnings():
+            # peft probes the deprecated `is_gradient_checkpointing` property of
+            # transformers 5 models; the warning is about peft's code, not ours, and would
+            # repeat in every training and evaluation log.
+            warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is "
+                                    "deprecated", category=FutureWarning)
+            self.peft = get_peft_model(base_model, lora, adapter_name=self.adapter_names[0])
         for name in self.adapter_names[1:]:
             self.peft.add_adapter(name, lora)
         self._mark_trainable()
@@ -141,14 +148,26 @@ class LoRAWrappedModel(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.base.get_input_embeddings().weight.dtype
 
-    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None):
-        kwargs = dict(gradient_checkpointing_kwargs or {})
+    def activation_checkpointing_enable(self, activation_checkpointing_kwargs=None,
+                                        every_n_layers: int = 1, offload: bool = False):
+        """What the Trainer calls (transformers 5 name; ``gradient_checkpointing_enable``
+        is its deprecated alias)."""
+        kwargs = dict(activation_checkpointing_kwargs or {})
         kwargs["use_reentrant"] = False
         # The encoder and decoder passes run the same layers with different adapter states;
         # recomputation in the backward pass must see the state of its forward pass.
         kwargs["context_fn"] = self._checkpoint_contexts
-        self.base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        if hasattr(self.base, "activation_checkpointing_enable"):
+            extra = {} if every_n_layers == 1 and not offload else {
+                "every_n_layers": every_n_layers, "offload": offload}
+            self.base.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs,
+                                                      **extra)
+        else:  # transformers releases before the rename
+            self.base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
         self.base.config.use_cache = False
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None, **kwargs):
+        self.activation_checkpointing_enable(gradient_checkpointing_kwargs, **kwargs)
 
     def _checkpoint_contexts(self):
         state = self._adapter_state

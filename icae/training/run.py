@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import random
+from contextlib import contextmanager
 from pathlib import Path
 
 from icae.config import ExperimentConfig, TrainingConfig, dump_config
@@ -108,11 +109,12 @@ def pretrain(cfg: ExperimentConfig, args=None) -> dict:
     marker_examples = (train_set.representatives() if hasattr(train_set, "representatives")
                        else train_set)
     out, resume = _dirs(cfg, t, "pretrain")
-    return train(model, train_set, eval_set, t, output_dir=out, resume_dir=resume,
-                 seed=cfg.seed, config_text=dump_config(cfg), ae_contexts=ae_contexts,
-                 extra_meta={"stage": "pretrain", "examples": stats.examples,
-                             "trained_markers": markers_in(model, marker_examples)},
-                 resume_policy=_policy(cfg, "pretrain", model, args))
+    with _tracked(cfg, "pretrain", resume):
+        return train(model, train_set, eval_set, t, output_dir=out, resume_dir=resume,
+                     seed=cfg.seed, config_text=dump_config(cfg), ae_contexts=ae_contexts,
+                     extra_meta={"stage": "pretrain", "examples": stats.examples,
+                                 "trained_markers": markers_in(model, marker_examples)},
+                     resume_policy=_policy(cfg, "pretrain", model, args))
 
 
 def finetune(cfg: ExperimentConfig, args=None) -> dict:
@@ -134,9 +136,27 @@ def finetune(cfg: ExperimentConfig, args=None) -> dict:
         from icae.models.checkpoint import read_meta, trained_markers
 
         markers |= trained_markers(read_meta(t.init_checkpoint), t.init_checkpoint)
-    return train(model, train_set, eval_set, t, output_dir=out, resume_dir=resume,
-                 seed=cfg.seed, config_text=dump_config(cfg),
-                 extra_meta={"stage": "finetune", "dataset": t.dataset,
-                             "init_checkpoint": t.init_checkpoint, "examples": stats.examples,
-                             "trained_markers": sorted(markers)},
-                 resume_policy=_policy(cfg, "finetune", model, args))
+    with _tracked(cfg, "finetune", resume):
+        return train(model, train_set, eval_set, t, output_dir=out, resume_dir=resume,
+                     seed=cfg.seed, config_text=dump_config(cfg),
+                     extra_meta={"stage": "finetune", "dataset": t.dataset,
+                                 "init_checkpoint": t.init_checkpoint,
+                                 "examples": stats.examples,
+                                 "trained_markers": sorted(markers)},
+                     resume_policy=_policy(cfg, "finetune", model, args))
+
+
+@contextmanager
+def _tracked(cfg: ExperimentConfig, stage: str, resume: Path):
+    """The job's wandb run (icae.training.tracking) around training, when asked for."""
+    from icae.training.tracking import start_run
+
+    run = start_run(cfg, stage, resume)
+    try:
+        yield run
+    except BaseException:
+        if run is not None:
+            run.finish(exit_code=1)  # marked failed; a retried job resumes the same run
+        raise
+    if run is not None:
+        run.finish()

@@ -206,6 +206,12 @@ class LogFileCallback(TrainerCallback):
     def __init__(self, folder: Path, quiet_lines: bool):
         self.folder = Path(folder)
         self.quiet_lines = quiet_lines
+        self._clock = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        from icae.progress import StepClock
+
+        self._clock = StepClock(state.global_step, state.max_steps)  # resumed: from here
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero:
@@ -214,8 +220,9 @@ class LogFileCallback(TrainerCallback):
         if self.quiet_lines and logs:
             parts = [f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                      for k, v in logs.items()]
-            print(f"[step {state.global_step}/{state.max_steps}] " + " ".join(parts),
-                  file=sys.stderr, flush=True)
+            timing = self._clock.line(state.global_step, logs) if self._clock else ""
+            print(f"[step {state.global_step}/{state.max_steps}] " + " ".join(parts)
+                  + (f" | {timing}" if timing else ""), file=sys.stderr, flush=True)
 
 
 def write_log_files(history: list[dict], folder: Path) -> None:
@@ -262,6 +269,17 @@ class AEBleuCallback(TrainerCallback):
         state.log_history.append({"eval_ae_bleu1": value, "step": state.global_step})
 
 
+def _checkpointing_args(enabled: bool) -> dict:
+    """transformers 5 renamed gradient_checkpointing* to activation_checkpointing*; the old
+    names still work but warn in every training log."""
+    import dataclasses
+
+    names = {f.name for f in dataclasses.fields(TrainingArguments)}
+    prefix = ("activation_checkpointing" if "activation_checkpointing" in names
+              else "gradient_checkpointing")
+    return {prefix: enabled, f"{prefix}_kwargs": {"use_reentrant": False}}
+
+
 def training_arguments(t: TrainingConfig, resume_dir: Path, seed: int, has_eval: bool
                        ) -> TrainingArguments:
     interactive = t.progress and sys.stderr.isatty()
@@ -282,8 +300,7 @@ def training_arguments(t: TrainingConfig, resume_dir: Path, seed: int, has_eval:
         # Its per-step isnan check would synchronise host and device every step; our
         # compute_loss stops on a non-finite loss anyway.
         logging_nan_inf_filter=False,
-        gradient_checkpointing=t.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False},
+        **_checkpointing_args(t.gradient_checkpointing),
         logging_steps=t.logging_steps,
         logging_first_step=True,
         eval_strategy="steps" if (has_eval and t.eval_steps) else "no",

@@ -405,6 +405,12 @@ def metrics_files():
     return [f"{eval_dir(b, v, t)}/metrics.csv" for b, v, t in EVALUATIONS]
 
 
+def paper_table_names():
+    """The aggregate step's tables: one per evaluated task, then the summary."""
+    tasks = list(dict.fromkeys(t for _, _, t in EVALUATIONS))
+    return tasks + ["summary"] if tasks else []
+
+
 def training_logs():
     logs = []
     for b in branches("icae"):
@@ -638,15 +644,55 @@ def icae_command(step):
     """params.icae: ``env PYTHONPATH=<checkout> K=V ... <python|launcher> -m icae`` (not
     tracked). The checkout holding this workflow comes first on PYTHONPATH, so jobs run
     its icae code with any interpreter (the .venv, a --sdm conda environment)."""
-    pythonpath = shlex.quote(str(REPO_ROOT)) + "${PYTHONPATH:+:$PYTHONPATH}"
-    env = [f"PYTHONPATH={pythonpath}"]
-    env += [f"{k}={shlex.quote(str(v))}" for k, v in WF["env"].items()]
-    gpus = WF["gpu"].get(step, 0)
-    if step in ("pretrain", "finetune") and gpus > 1:
-        launcher = WF["multi_gpu_launcher"].format(gpu=gpus)
+
+    def get(wildcards):
+        pythonpath = shlex.quote(str(REPO_ROOT)) + "${PYTHONPATH:+:$PYTHONPATH}"
+        env = [f"PYTHONPATH={pythonpath}"]
+        env += [f"{k}={shlex.quote(str(v))}" for k, v in tracking_env(step, wildcards)]
+        env += [f"{k}={shlex.quote(str(v))}" for k, v in WF["env"].items()]
+        gpus = WF["gpu"].get(step, 0)
+        if step in ("pretrain", "finetune") and gpus > 1:
+            launcher = WF["multi_gpu_launcher"].format(gpu=gpus)
+            # Snakemake sets OMP_NUM_THREADS to the job's threads; each of the launcher's
+            # processes gets its share, so the job uses the CPUs it asked for.
+            share = f"$(( ${{OMP_NUM_THREADS:-{gpus}}} / {gpus} ))"
+            env.append(f"OMP_NUM_THREADS=$(( {share} > 0 ? {share} : 1 ))")
+        else:
+            launcher = shlex.quote(WF["python"])
+        placement = []
+        if gpus > 0:
+            # Snakemake's gpu resource only counts GPUs; icae.placement picks free devices
+            # (lock files) and sets CUDA_VISIBLE_DEVICES, so parallel jobs do not all use
+            # cuda:0. It needs only the standard library, so Snakemake's own interpreter
+            # runs it whatever workflow.python is.
+            placement = [shlex.quote(sys.executable), "-m", "icae.placement"]
+            placement += ["--gpus", str(gpus), "--"]
+        return Untracked(" ".join(["env", *env, *placement, launcher, "-m", "icae"]))
+
+    return get
+
+
+def tracking_env(step, wildcards):
+    """Run name, group, job type and tags of a training job's wandb run
+    (icae.training.tracking reads them; used only with report_to: [wandb])."""
+    if step not in ("pretrain", "finetune"):
+        return []
+    branch = wildcards.branch
+    b = BRANCHES[branch]
+    if step == "pretrain":
+        job, tags = "pretrain", ["pretrain", "icae"]
     else:
-        launcher = shlex.quote(WF["python"])
-    return Untracked(" ".join(["env", *env, launcher, "-m", "icae"]))
+        job = f"finetune-{wildcards.dataset}-{wildcards.model_type}"
+        tags = ["finetune", wildcards.model_type, wildcards.dataset]
+    tags.append(branch)
+    if b["layout"] is not None:
+        tags += [f"mem{b['mem_size']}", f"rate{fmt_rate(b['rate'])}", b["layout"]]
+    return [
+        ("ICAE_WANDB_NAME", f"{EXP['run_name']}/{branch}/{job}"),
+        ("ICAE_WANDB_GROUP", f"{EXP['run_name']}/{branch}"),
+        ("ICAE_WANDB_JOB_TYPE", step),
+        ("ICAE_WANDB_TAGS", ",".join(tags)),
+    ]
 
 
 def cleanup(step):
@@ -668,6 +714,14 @@ def is_local(name):
 
 def gpus(step):
     return WF["gpu"][step]
+
+
+def threads(step):
+    """CPU threads of a job (``workflow.threads``). Snakemake sets OMP_NUM_THREADS and
+    friends to it (1 when a rule declares none), caps it at ``--cores`` locally, and the
+    SLURM plugin requests it as ``--cpus-per-task``: what is asked for is what is used.
+    """
+    return WF["threads"][step]
 
 
 def branch_regex(*kinds):

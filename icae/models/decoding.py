@@ -175,7 +175,8 @@ class StaticDecoder:
         self.dtype = dtype
         self.batch_size = batch_size
         self.capacity = capacity
-        self.use_graph = (self.device.type == "cuda") if use_graph is None else use_graph
+        # CUDA graphs exist on CUDA only; elsewhere the same step runs eagerly.
+        self.use_graph = self.device.type == "cuda" and use_graph is not False
         self.check_every = max(1, int(check_every))
         self.cache = DecodeCache(model.base.config, batch_size, capacity, dtype, self.device)
         B, dev = batch_size, self.device
@@ -451,7 +452,8 @@ class Conversation:
             embeds = m.prompt_embeds(new_ids)
         if sync:
             torch.cuda.synchronize(dev)
-        t1 = time.perf_counter()
+        # Without an encoder, embedding the new tokens is part of their prefill.
+        t1 = time.perf_counter() if getattr(m, "compresses_contexts", False) else t0
         pos = torch.tensor([enc.position_ids[k:]], device=dev)
         with m.adapter(m.decoder_adapter):
             last = self.decoder.prefill(embeds, pos)

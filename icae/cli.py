@@ -24,6 +24,9 @@ COMMANDS = {
                   "collect metric files into paper tables"),
     "benchmark": ("icae.training.benchmark", "run",
                   "time training steps (tokens/s, peak memory) for a config"),
+    "benchmark-inference": ("icae.evaluation.inference_benchmark", "run",
+                            "time ICAE against the full-context LLM at inference (compression, "
+                            "prefill, decode; QA, batched throughput, agent turns)"),
     "show-config": ("icae.cli", "show_config", "print the resolved config"),
 }
 
@@ -52,6 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--mode", choices=["ours", "seed-style", "both"], default="both")
             p.add_argument("--steps", type=int, default=5)
             p.add_argument("--out", default=None, help="JSON file for the results")
+        if name == "benchmark-inference":
+            from icae.evaluation.inference_benchmark import add_arguments
+
+            add_arguments(p)
     return parser
 
 

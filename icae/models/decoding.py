@@ -234,6 +234,16 @@ class StaticDecoder:
             t.copy_(s)
         self.graph = graph
 
+    def warm_up(self) -> None:
+        """Capture the decode step now rather than in the first timed decode."""
+        if self.use_graph and self.graph is None:
+            _set_graph_mode(self.cache, True)
+            try:
+                with self.model.adapter(self.model.decoder_adapter):
+                    self._capture()
+            finally:
+                _set_graph_mode(self.cache, False)
+
     def _run_steps(self, n: int) -> None:
         _set_graph_mode(self.cache, True)
         try:

@@ -54,9 +54,8 @@ def test_static_cache_checks_stops_only_every_k_tokens(tiny_tok, monkeypatch):
     monkeypatch.setattr(D.StaticDecoder, "_run_steps",
                         lambda self, n: (syncs.append(n), real(self, n))[1])
     model._static_decoder = None
-    D.static_greedy_decode  # the default decoder checks every 16 tokens
-    model.generate(prompts, 40, decoding="static", stop=False)
-    assert syncs == [16, 16, 7]  # 39 decode steps after the prefill's token
+    model.generate(prompts, 80, decoding="static", stop=False)
+    assert syncs == [4, 8, 16, 32, 19]  # 79 decode steps after the prefill's token
 
 
 def test_decoding_mode_falls_back_or_fails_clearly(tiny_tok):

@@ -15,7 +15,7 @@ weights would stop at random places. Scenarios (``--scenarios``):
     cache: the paper's many-questions-per-context setting); the LLM reads the context
     every time, and at batch 1 also with the context's KV cache kept across questions
     (prefix reuse, the strongest baseline). Compression, prefill and decode are timed
-    apart (CUDA synchronisation around each phase; one host sync per 16 decode steps).
+    apart (CUDA synchronisation around each phase; no host sync inside decoding).
     At batch 1 the decode step is compared with the time to read the decoder's weights
     and its KV cache once at the measured copy bandwidth of the card.
 ``throughput``

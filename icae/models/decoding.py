@@ -12,7 +12,8 @@ the GPU, sets the pace (about 55 ms per token for a 1.7B model). Here
   value in it.
 - :class:`StaticDecoder` owns the cache and the step's input/output buffers and, on CUDA,
   captures one decode step (embedding, transformer, LM head, argmax, stop flags) in a
-  CUDA graph. The host looks at the stop flags only every ``check_every`` tokens.
+  CUDA graph. The host looks at the stop flags only after 4, 12, 28, ... steps and then
+  every ``check_every`` (32) steps.
 - :class:`Conversation` keeps one sequence's cache across calls and extends it: each new
   prompt reuses the longest prefix (same token ids, same position ids, same compressed
   contexts) already in the cache, so an agent turn only encodes and prefills what is new.
@@ -169,7 +170,7 @@ class StaticDecoder:
     captured on the first decode and reused until the cache is reallocated."""
 
     def __init__(self, model, batch_size: int, capacity: int, dtype: torch.dtype,
-                 use_graph: bool | None = None, check_every: int = 16):
+                 use_graph: bool | None = None, check_every: int = 32):
         self.model = model
         self.device = model.device
         self.dtype = dtype
@@ -300,8 +301,12 @@ class StaticDecoder:
         steps = 0
         budget = max_new_tokens - 1
         if not (stop and bool(self.done.all())):
+            checks = 0
             while steps < budget:
-                k = min(self.check_every, budget - steps)
+                # Stop checks after 4, 12, 28, ... steps, then every check_every: short
+                # answers waste few steps, long ones sync rarely.
+                k = min(self.check_every, 4 << checks, budget - steps)
+                checks += 1
                 self._run_steps(k)
                 steps += k
                 if stop and bool(self.done.all()):  # the only host sync while decoding
@@ -395,7 +400,7 @@ class Conversation:
     ``cache_tokens`` (held after the turn), ``kv_cache_bytes`` (their keys and values)."""
 
     def __init__(self, model, capacity: int = 4096, use_graph: bool | None = None,
-                 check_every: int = 16):
+                 check_every: int = 32):
         reason = static_unsupported_reason(model, capacity)
         if reason:
             raise ValueError(f"Conversation needs the static KV cache: {reason}")

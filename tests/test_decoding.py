@@ -58,6 +58,26 @@ def test_static_cache_checks_stops_only_every_k_tokens(tiny_tok, monkeypatch):
     assert syncs == [4, 8, 16, 32, 19]  # 79 decode steps after the prefill's token
 
 
+def test_failed_graph_capture_falls_back_to_eager_steps(tiny_tok, monkeypatch):
+    from icae.models import decoding as D
+
+    model = make_icae(tiny_tok, model_type="llm").eval()
+    prompts = _prompts(model, tiny_tok)
+    reference = model.generate(prompts, 12, decoding="dynamic", stop=False)
+
+    def broken(self, saved):
+        self._step()  # mutates the state, as a capture that dies half-way would
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(D.StaticDecoder, "_capture_graph", broken)
+    dec = D.StaticDecoder(model, len(prompts), 256, model.dtype)
+    dec.use_graph = True
+    model._static_decoder = dec
+    assert model.generate(prompts, 12, decoding="static", stop=False) == reference
+    assert model._static_decoder is dec and dec.graph is None and not dec.use_graph
+    assert "stream is capturing" in dec.graph_error
+
+
 def test_decoding_mode_falls_back_or_fails_clearly(tiny_tok):
     model = make_icae(tiny_tok).eval()
     assert model.decoding_mode("auto", 100, torch.device("cpu")) == "dynamic"

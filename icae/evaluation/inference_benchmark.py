@@ -255,6 +255,7 @@ def _qa_prompts(model, L: int, B: int, q_tokens: int, seed: int, compressed: boo
 def _time(model, prompts, new_tokens: int, repeats: int, decoding: str = "auto") -> dict:
     dev = model.device
     model.generate(prompts, new_tokens, decoding=decoding, stop=False)  # warm-up, capture
+    dec = getattr(model, "_static_decoder", None) if decoding != "dynamic" else None
     runs, out = [], None
     _peak_reset(dev)
     for _ in range(repeats):
@@ -264,6 +265,10 @@ def _time(model, prompts, new_tokens: int, repeats: int, decoding: str = "auto")
     res = _median_timings(runs)
     res["peak_gpu_mem_gib"] = _peak(dev)
     res["tokens"] = out
+    if dec is not None:
+        res["cuda_graph"] = dec.graph is not None
+        if dec.graph_error:
+            res["graph_error"] = dec.graph_error
     return res
 
 

@@ -29,10 +29,13 @@ sliding window no shorter than the cache.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 
 import torch
+
+log = logging.getLogger(__name__)
 
 DECODING_MODES = ("auto", "static", "dynamic")
 
@@ -135,6 +138,9 @@ def static_unsupported_reason(model, capacity: int) -> str | None:
     text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
     types = getattr(text, "layer_types", None) or []
     window = getattr(text, "sliding_window", None)
+    rope = getattr(getattr(model.inner, "rotary_emb", None), "rope_type", "default")
+    if isinstance(rope, str) and ("dynamic" in rope or rope == "longrope"):
+        return f"RoPE type {rope!r} recomputes its frequencies from host values"
     if any(t != "full_attention" for t in types) or (not types and window is not None):
         if window is None or window < capacity:
             return (f"sliding-window attention (window {window}) shorter than the "
@@ -193,6 +199,7 @@ class StaticDecoder:
         # A device flag, not a Python branch: the captured step serves both settings.
         self.stopping = torch.ones((), dtype=torch.bool, device=dev)
         self.graph = None
+        self.graph_error: str | None = None
         self._cache_kw = model._cache_kwarg()
 
     # -- the compiled step -------------------------------------------------------------
@@ -219,7 +226,24 @@ class StaticDecoder:
                 + [layer.cumulative_length for layer in self.cache.layers])
 
     def _capture(self) -> None:
+        """Capture the step; should capturing fail (an op that syncs with the host, in a
+        model or library version we did not test), run the same step eagerly instead and
+        record why in ``graph_error``."""
         saved = [t.clone() for t in self._state()]
+        try:
+            self._capture_graph(saved)
+        except Exception as exc:  # noqa: BLE001 - any failure: eager steps still decode
+            log.warning("CUDA-graph capture of the decode step failed; decoding eagerly "
+                        "on the static cache: %s", exc)
+            self.graph_error = f"{type(exc).__name__}: {exc}"[:500]
+            self.graph = None
+            self.use_graph = False
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            for t, s in zip(self._state(), saved):
+                t.copy_(s)
+
+    def _capture_graph(self, saved) -> None:
         stream = torch.cuda.Stream(self.device)
         stream.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(stream):
@@ -248,9 +272,9 @@ class StaticDecoder:
     def _run_steps(self, n: int) -> None:
         _set_graph_mode(self.cache, True)
         try:
-            if self.use_graph:
-                if self.graph is None:
-                    self._capture()
+            if self.use_graph and self.graph is None:
+                self._capture()
+            if self.graph is not None:
                 for _ in range(n):
                     self.graph.replay()
             else:

@@ -185,10 +185,23 @@ def test_incremental_turns_equal_full_prompts(tiny_tok, model_type):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
-def test_cuda_graph_decoding_equals_dynamic(tiny_tok):
-    model = make_icae(tiny_tok, model_type="llm").cuda().eval()
+@pytest.mark.parametrize("model_type", ["icae", "llm"])
+@pytest.mark.parametrize("compiled", [False, True])
+def test_cuda_graph_decoding_equals_dynamic(tiny_tok, model_type, compiled):
+    # float32 on the GPU: the graph replays the eager step's kernels (compiled: inductor's).
+    model = make_icae(tiny_tok, model_type=model_type).cuda().eval()
+    model.decode_compile = compiled
     prompts = _prompts(model, tiny_tok)
-    dynamic = model.generate(prompts, 32, decoding="dynamic", stop=False)
-    static = model.generate(prompts, 32, decoding="static", stop=False)
-    assert model._static_decoder.graph is not None
-    assert static == dynamic
+    for stop in (False, True):
+        dynamic = model.generate(prompts, 32, decoding="dynamic", stop=stop)
+        static = model.generate(prompts, 32, decoding="static", stop=stop)
+        dec = model._static_decoder
+        assert dec.graph is not None and dec.graph_error is None and dec.compiled == compiled
+        assert static == dynamic
+    # Incremental turns replay the same captured step across calls.
+    from icae.models.decoding import Conversation
+
+    conv = Conversation(model, capacity=256)
+    for p in prompts:
+        assert conv.generate(p, 16) == model.generate([p], 16, decoding="dynamic")[0]
+    assert conv.decoder.graph is not None

@@ -92,6 +92,10 @@ def add_arguments(p) -> None:
                    help="tokenizer folder (default: shared/assets/tokenizers/qwen3 if present, "
                         "else a tiny test tokenizer)")
     p.add_argument("--dtype", default=None, choices=["bfloat16", "float16", "float32"])
+    p.add_argument("--compile-step", action="store_true",
+                   help="torch.compile the decode step before capturing it (minutes of "
+                        "compiling per batch size and cache size: use with one context "
+                        "and one batch size)")
     p.add_argument("--time-budget", type=float, default=None,
                    help="seconds; later cases are skipped (and listed) once it is spent")
     p.add_argument("--out", default=None, help="JSON file for the results")
@@ -438,13 +442,13 @@ def throughput_case(model, args, bandwidth) -> dict:
     # Compression throughput (contexts/s) at a moderate batch, to count it per answer.
     _free(model)
     B_c = 8 if model.device.type == "cuda" else 2
-    ctxs = [p[1].ids for p in _qa_prompts(model, L, B_c, qt, 12, True)]
-    model.compress_flat([list(c) for c in ctxs])
-    _sync(model.device)
-    t0 = time.perf_counter()
+    ctxs = [list(p[1].ids) for p in _qa_prompts(model, L, B_c, qt, 12, True)]
     with torch.no_grad():
-        model.compress_flat([list(c) for c in ctxs])
-    _sync(model.device)
+        model.compress_flat(ctxs)  # warm-up
+        _sync(model.device)
+        t0 = time.perf_counter()
+        model.compress_flat(ctxs)
+        _sync(model.device)
     compress_per_context = (time.perf_counter() - t0) / B_c
     case["compress_s_per_context"] = compress_per_context
     case["llm"] = _max_batch_run(
@@ -649,6 +653,7 @@ def run(cfg, args) -> dict:
     t_start = time.perf_counter()
     cfg.model.max_encoder_tokens = max(cfg.model.max_encoder_tokens, 32768)
     model, tok_name = build(cfg, args)
+    model.decode_compile = bool(args.compile_step)
     dev = model.device
     bandwidth = measure_bandwidth(dev)
     result = {"meta": {

@@ -244,6 +244,8 @@ class LoRAWrappedModel(nn.Module):
     # Decoding path of generate (see icae.models.decoding): "auto" takes the static
     # pre-allocated cache with CUDA-graph decode steps on CUDA, the dynamic cache elsewhere.
     decoding: str = "auto"
+    # Static path only: torch.compile the decode step before capturing it (slow to compile).
+    decode_compile: bool = False
 
     @torch.no_grad()
     def generate(self, prompts: list[list[Piece]], max_new_tokens: int = 64,

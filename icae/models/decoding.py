@@ -176,7 +176,8 @@ class StaticDecoder:
     captured on the first decode and reused until the cache is reallocated."""
 
     def __init__(self, model, batch_size: int, capacity: int, dtype: torch.dtype,
-                 use_graph: bool | None = None, check_every: int = 32):
+                 use_graph: bool | None = None, check_every: int = 32,
+                 compile_step: bool | None = None):
         self.model = model
         self.device = model.device
         self.dtype = dtype
@@ -201,6 +202,15 @@ class StaticDecoder:
         self.graph = None
         self.graph_error: str | None = None
         self._cache_kw = model._cache_kwarg()
+        # Optional: torch.compile the step (fuses the many small norm / rotary / elementwise
+        # kernels that a CUDA graph still runs one by one); the compiled step is captured
+        # in the graph all the same. Compiling takes minutes and is redone for each batch
+        # size and capacity, so it is off unless asked for (model.decode_compile).
+        if compile_step is None:
+            compile_step = bool(getattr(model, "decode_compile", False))
+        self.compiled = compile_step
+        self._step_impl = (torch.compile(self._step, dynamic=False) if compile_step
+                           else self._step)
 
     # -- the compiled step -------------------------------------------------------------
     def _is_stop(self, token: torch.Tensor) -> torch.Tensor:
@@ -233,6 +243,8 @@ class StaticDecoder:
         try:
             self._capture_graph(saved)
         except Exception as exc:  # noqa: BLE001 - any failure: eager steps still decode
+            if isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc):
+                raise  # not a capture problem: the caller decides (smaller batch)
             log.warning("CUDA-graph capture of the decode step failed; decoding eagerly "
                         "on the static cache: %s", exc)
             self.graph_error = f"{type(exc).__name__}: {exc}"[:500]
@@ -247,14 +259,14 @@ class StaticDecoder:
         stream = torch.cuda.Stream(self.device)
         stream.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(stream):
-            for _ in range(2):  # warm-up outside the graph (allocator, cuBLAS handles)
-                self._step()
+            for _ in range(2):  # warm-up outside the graph (allocator, cuBLAS, compiling)
+                self._step_impl()
         torch.cuda.current_stream(self.device).wait_stream(stream)
         for t, s in zip(self._state(), saved):
             t.copy_(s)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            self._step()
+            self._step_impl()
         for t, s in zip(self._state(), saved):
             t.copy_(s)
         self.graph = graph
@@ -279,7 +291,7 @@ class StaticDecoder:
                     self.graph.replay()
             else:
                 for _ in range(n):
-                    self._step()
+                    self._step_impl()
         finally:
             _set_graph_mode(self.cache, False)
 
@@ -359,7 +371,7 @@ def static_greedy_decode(model, embeds: torch.Tensor, attention_mask: torch.Tens
     dec = getattr(model, "_static_decoder", None)
     if dec is None or dec.batch_size != B or dec.capacity < need \
             or dec.capacity > max(2 * need, _bucket(need)) \
-            or dec.dtype != embeds.dtype:
+            or dec.dtype != embeds.dtype or dec.compiled != bool(model.decode_compile):
         model._static_decoder = None  # free the old buffers first
         dec = StaticDecoder(model, B, _bucket(need), embeds.dtype)
         model._static_decoder = dec

@@ -529,7 +529,11 @@ def agent_case(model, record, args) -> dict:
             timing["turn_s"] = timing["compress_s"] + timing["prefill_s"] + timing["decode_s"]
             rows.append(timing)
         case[side] = {"turns": rows, "peak_gpu_mem_gib": _peak(model.device),
-                      "kv_cache_peak_bytes": max(r["kv_cache_bytes"] for r in rows)}
+                      "kv_cache_peak_bytes": max(r["kv_cache_bytes"] for r in rows),
+                      "kv_cache_allocated_bytes": conv.decoder.capacity * _kv_bytes(model),
+                      "cuda_graph": conv.decoder.graph is not None,
+                      **({"graph_error": conv.decoder.graph_error}
+                         if conv.decoder.graph_error else {})}
         del conv
     _free(model)
     long = [(a, b) for a, b in zip(case["icae"]["turns"], case["llm"]["turns"])

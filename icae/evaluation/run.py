@@ -455,7 +455,7 @@ def _summary(cfg, model_cfg, task, data_path, out_dir, metrics, meta, model) -> 
         "n": {k: c for k, _, c in metrics},
         "units": UNITS,
         "generation": {"decoding": "greedy", "kv_cache": True, "batch_size": e.batch_size,
-                       "cache_path": e.decoding, "memory_cache": e.memory_cache,
+                       "kv_cache_mode": e.decoding, "memory_cache": e.memory_cache,
                        "incremental_turns": e.incremental_turns if task == "trajectories"
                        else None,
                        "max_new_tokens": (e.max_new_tokens if task in ("qa", "repoqa")

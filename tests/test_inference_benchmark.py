@@ -55,6 +55,8 @@ def test_benchmark_inference_on_cpu(tmp_path, capsys):
         assert all(t["reused_tokens"] > 0 for t in turns[1:])
         assert agent[side]["kv_cache_peak_bytes"] == max(t["kv_cache_bytes"] for t in turns)
     assert agent["icae"]["kv_cache_peak_bytes"] < agent["llm"]["kv_cache_peak_bytes"]
+    assert all(t["compress_s"] == 0 for t in agent["llm"]["turns"])
+    assert all(t["compress_s"] > 0 for t in agent["icae"]["turns"])  # each has a new observation
     assert agent["turns_beyond_min_history"] >= 1
     assert {"qa_4k_batched_answers_per_s", "agent_turns_beyond_16k"} <= set(result["goals"])
     printed = capsys.readouterr().out

@@ -680,12 +680,14 @@ def run(cfg, args) -> dict:
     unknown = set(scenarios) - {"qa", "throughput", "agent"}
     if unknown:
         raise ValueError(f"--scenarios: unknown {sorted(unknown)}")
-    plan = []
+    # The cases the goals read come first (qa at 4k and batch 1, throughput, agent), the
+    # rest of the qa grid last, so that a time budget cuts the least informative ones.
+    plan, rest = [], []
     if "qa" in scenarios:
         for L in [int(x) for x in str(args.contexts).split(",")]:
             for B in [int(x) for x in str(args.batches).split(",")]:
-                plan.append((f"qa L{L} b{B}", lambda L=L, B=B: qa_case(model, L, B, args,
-                                                                       bandwidth)))
+                item = (f"qa L{L} b{B}", lambda L=L, B=B: qa_case(model, L, B, args, bandwidth))
+                (plan if (L, B) == (4096, 1) else rest).append(item)
     if "throughput" in scenarios:
         plan.append((f"throughput L{args.throughput_context}",
                      lambda: throughput_case(model, args, bandwidth)))
@@ -699,6 +701,7 @@ def run(cfg, args) -> dict:
                                           args.agent_min_history):
                 plan.append((f"agent {rec['id'].rsplit('/', 1)[-1]}",
                              lambda rec=rec: agent_case(model, rec, args)))
+    plan += rest
     for name, fn in plan:
         if args.time_budget and time.perf_counter() - t_start > args.time_budget:
             result["cases"].append({"name": name, "skipped": True,

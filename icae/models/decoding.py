@@ -74,6 +74,8 @@ def _layer_class():
             self.values[:, :, n:n + q] = value_states
             self.length = n + q
             self.cumulative_length.fill_(n + q)
+            if n == 0:  # what the dynamic cache returns too: same kernels, same numbers
+                return key_states, value_states
             return self.keys[:, :, :n + q], self.values[:, :, :n + q]
 
         def get_mask_sizes(self, query_length: int) -> tuple[int, int]:

@@ -27,7 +27,7 @@ def test_benchmark_inference_on_cpu(tmp_path, capsys):
     traj = _trajectory_file(tmp_path / "traj.jsonl")
     rc = main(["benchmark-inference", "--shape", "tiny", "--scenarios", "qa,throughput,agent",
                "--contexts", "96", "--batches", "1", "--new-tokens", "4", "--repeats", "1",
-               "--question-tokens", "8", "--throughput-context", "96", "--max-batch", "2",
+               "--question-tokens", "8", "--profile-context", "96", "--throughput-context", "96", "--max-batch", "2",
                "--agent-file", str(traj), "--agent-min-history", "50", "--out", str(out),
                "--log-level", "WARNING", "model.mem_size=8", "model.mean_compression_rate=4",
                "model.lora_r=4"])
@@ -42,9 +42,12 @@ def test_benchmark_inference_on_cpu(tmp_path, capsys):
         r = qa[side]
         assert r["prefill_s"] > 0 and r["decode_s"] > 0 and r["answer_s"] > 0
     assert qa["icae"]["compress_s"] > 0 and qa["llm"]["compress_s"] == 0
+    assert qa["icae"]["cuda_graph"] is False  # the static cache, stepped eagerly on CPU
     assert qa["icae"]["decoder_prompt_tokens"] < qa["llm"]["decoder_prompt_tokens"]
     assert qa["llm_prefix_reuse"]["prefill_s"] > 0
     assert qa["icae_dynamic_cache"]["greedy_tokens_equal_static"] is True  # float32 CPU
+    prof = qa["llm_decode_profile"]
+    assert "error" not in prof and prof["ops_per_step"] > 10  # a step is many small ops
     tp = cases["throughput L96"]
     assert tp["icae_memory_once"]["batch"] == tp["llm"]["batch"] == 2  # --max-batch on CPU
     assert "icae_over_llm_answers_per_s_memory_once" in tp

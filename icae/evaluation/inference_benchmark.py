@@ -17,7 +17,8 @@ weights would stop at random places. Scenarios (``--scenarios``):
     (prefix reuse, the strongest baseline). Compression, prefill and decode are timed
     apart (CUDA synchronisation around each phase; no host sync inside decoding).
     At batch 1 the decode step is compared with the time to read the decoder's weights
-    and its KV cache once at the measured copy bandwidth of the card.
+    and its KV cache once at the measured copy bandwidth of the card, and at
+    ``--profile-context`` its kernels are profiled (:func:`profile_decode`).
 ``throughput``
     Questions over one ``--throughput-context``-token context, the largest batch that fits
     each model (up to ``--max-batch``; found from the measured memory per sequence, then
@@ -82,6 +83,8 @@ def add_arguments(p) -> None:
     p.add_argument("--question-tokens", type=int, default=32)
     p.add_argument("--repeats", type=int, default=None)
     p.add_argument("--throughput-context", type=int, default=4096)
+    p.add_argument("--profile-context", type=int, default=4096,
+                   help="qa context length (batch 1) whose decode step is profiled")
     p.add_argument("--max-batch", type=int, default=512)
     p.add_argument("--agent-file", default=None,
                    help="trajectories JSONL(.gz) (default: shared/data/trajectories/test)")
@@ -92,6 +95,8 @@ def add_arguments(p) -> None:
                    help="tokenizer folder (default: shared/assets/tokenizers/qwen3 if present, "
                         "else a tiny test tokenizer)")
     p.add_argument("--dtype", default=None, choices=["bfloat16", "float16", "float32"])
+    p.add_argument("--decoding", default="static", choices=["static", "auto", "dynamic"],
+                   help="decoding path of the timed sides (static: also on CPU, eagerly)")
     p.add_argument("--compile-step", action="store_true",
                    help="torch.compile the decode step before capturing it (minutes of "
                         "compiling per batch size and cache size: use with one context "
@@ -256,7 +261,7 @@ def _qa_prompts(model, L: int, B: int, q_tokens: int, seed: int, compressed: boo
     return prompts
 
 
-def _time(model, prompts, new_tokens: int, repeats: int, decoding: str = "auto") -> dict:
+def _time(model, prompts, new_tokens: int, repeats: int, decoding: str | None = None) -> dict:
     dev = model.device
     model.generate(prompts, new_tokens, decoding=decoding, stop=False)  # warm-up, capture
     dec = getattr(model, "_static_decoder", None) if decoding != "dynamic" else None
@@ -283,9 +288,9 @@ def _kv_bytes(model) -> int:
 
 
 def _side(model, prompts, new_tokens, repeats, compressed: bool, B: int,
-          bandwidth: float | None, decoding: str = "auto") -> dict:
+          bandwidth: float | None, decoding: str | None = None) -> dict:
     """One timed side (ICAE or LLM) of a qa case."""
-    r = _time(model, prompts, new_tokens, repeats, decoding)
+    r = _time(model, prompts, new_tokens, repeats, decoding or model.decoding)
     tokens = r.pop("tokens")
     if not compressed:  # no encoder: embedding the text belongs to the prefill
         r["prefill_s"] = r.get("prefill_s", 0.0) + r.pop("compress_s", 0.0)
@@ -328,6 +333,13 @@ def qa_case(model, L: int, B: int, args, bandwidth) -> dict:
     if B == 1:
         case["llm_prefix_reuse"] = _prefix_reuse(model, llm_prompts[0], nt, rep, args)
         case["icae_dynamic_cache"] = _dynamic_reference(model, icae_prompts, nt, case["icae"])
+        if L == args.profile_context:
+            for side, prompts in (("icae", icae_prompts), ("llm", llm_prompts)):
+                try:
+                    case[f"{side}_decode_profile"] = profile_decode(model, prompts)
+                except Exception as exc:  # the profile explains, it must not cost the case
+                    case[f"{side}_decode_profile"] = {"error": f"{type(exc).__name__}: {exc}"}
+                    _free(model)
     for side in ("icae", "icae_memory_once", "llm"):
         case[side].pop("_tokens", None)
     case["llm_over_icae_answer_s"] = case["llm"]["answer_s"] / case["icae"]["answer_s"]
@@ -371,6 +383,53 @@ def _dynamic_reference(model, prompts, nt, static_side) -> dict:
             "static_speedup_decode": (r["decode_s"] / steps) / static_side["decode_step_s"],
             "greedy_tokens_equal_static": all(same),
             "first_difference": _first_difference(tokens, static_side["_tokens"])}
+
+
+def profile_decode(model, prompts, steps: int = 16) -> dict:
+    """What a decode step is made of: the static cache's step run eagerly under
+    torch.profiler (the graph replays the same kernels), minus a run without steps.
+    ``kernels_per_step`` / ``ops_per_step``: CUDA kernels / aten ops per step;
+    ``device_s_per_step``: summed kernel time per step (a step far above it is launch
+    bound); ``top_kernels``: the kernels with the most time, per step."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    from icae.models.decoding import StaticDecoder, _bucket
+
+    dev = model.device
+    need = len(model.encode(prompts[0]).input_ids) + steps + 1
+    _free(model)
+    model._static_decoder = StaticDecoder(model, len(prompts), _bucket(need), model.dtype,
+                                          use_graph=False)
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
+    model.generate(prompts, steps + 1, decoding="static", stop=False)  # warm-up
+
+    def totals(n_new):
+        with profile(activities=acts) as prof:
+            model.generate(prompts, n_new, decoding="static", stop=False)
+            _sync(dev)
+        kernels, ops, device_us, per_kernel = 0, 0, 0.0, {}
+        for e in prof.key_averages():
+            t = getattr(e, "self_device_time_total", None)
+            if t is None:
+                t = getattr(e, "self_cuda_time_total", 0.0)
+            if getattr(e, "device_type", None) == DeviceType.CUDA:
+                kernels += e.count
+                device_us += t
+                per_kernel[e.key] = (e.count, t)
+            elif e.key.startswith("aten::"):
+                ops += e.count
+        return kernels, ops, device_us, per_kernel
+
+    k1, o1, d1, _ = totals(1)
+    k2, o2, d2, per = totals(steps + 1)
+    _free(model)
+    top = sorted(per.items(), key=lambda kv: -kv[1][1])[:12]
+    return {"steps": steps, "kernels_per_step": (k2 - k1) / steps,
+            "ops_per_step": (o2 - o1) / steps, "device_s_per_step": (d2 - d1) / steps / 1e6,
+            "top_kernels": [{"name": k[:120], "count_per_step": c / (steps + 1),
+                             "device_s_per_step": t / (steps + 1) / 1e6}
+                            for k, (c, t) in top]}
 
 
 def _first_difference(a: list[list[int]], b: list[list[int]]) -> int | None:
@@ -661,6 +720,7 @@ def run(cfg, args) -> dict:
     cfg.model.max_encoder_tokens = max(cfg.model.max_encoder_tokens, 32768)
     model, tok_name = build(cfg, args)
     model.decode_compile = bool(args.compile_step)
+    model.decoding = args.decoding
     dev = model.device
     bandwidth = measure_bandwidth(dev)
     result = {"meta": {

@@ -385,7 +385,7 @@ def _dynamic_reference(model, prompts, nt, static_side) -> dict:
             "first_difference": _first_difference(tokens, static_side["_tokens"])}
 
 
-def profile_decode(model, prompts, steps: int = 16) -> dict:
+def profile_decode(model, prompts, steps: int = 8) -> dict:
     """What a decode step is made of: the static cache's step run eagerly under
     torch.profiler (the graph replays the same kernels), minus a run without steps.
     ``kernels_per_step`` / ``ops_per_step``: CUDA kernels / aten ops per step;

@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--steps", type=int, default=5)
             p.add_argument("--out", default=None, help="JSON file for the results")
         if name == "benchmark-inference":
-            from icae.evaluation.inference_benchmark import add_arguments
+            from icae.evaluation.inference_options import add_arguments
 
             add_arguments(p)
     return parser

@@ -30,6 +30,9 @@ COMMANDS = {
     "try": ("icae.try_model", "run",
             "compress a text file (or stdin) with a checkpoint, then reconstruct it or "
             "answer --question from the memory alone"),
+    "benchmark-inference": ("icae.evaluation.inference_benchmark", "run",
+                            "time ICAE against the full-context LLM at inference (compression, "
+                            "prefill, decode; QA, batched throughput, agent turns)"),
     "show-config": ("icae.cli", "show_config", "print the resolved config"),
 }
 
@@ -86,6 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--mode", choices=["ours", "seed-style", "both"], default="both")
             p.add_argument("--steps", type=int, default=5)
             p.add_argument("--out", default=None, help="JSON file for the results")
+        if name == "benchmark-inference":
+            from icae.evaluation.inference_options import add_arguments
+
+            add_arguments(p)
     return parser
 
 

@@ -38,6 +38,7 @@ BUDGETED_TASKS = ("qa", "repoqa")
 # max_new_tokens=1024; needles run to several hundred tokens, so a shared QA-sized budget
 # would cut correct answers.
 EVAL_DEFAULT_MAX_NEW_TOKENS = {"repoqa": 1024}
+DECODING_MODES = ("auto", "static", "dynamic")
 DATA_SETS = ("pretrain", "squad", "repoqa", "trajectories")
 
 
@@ -232,6 +233,13 @@ class EvaluationConfig:
     variant: str = "default"
     # trajectories: evaluate at most this many assistant turns per trajectory.
     max_turns_per_trajectory: int = 8
+    # KV cache of greedy decoding: auto (static cache + CUDA-graph steps on CUDA, dynamic
+    # elsewhere), static, or dynamic. Same tokens either way.
+    decoding: str = "auto"
+    # ICAE: compress each distinct context once and reuse its memory across prompts.
+    memory_cache: bool = True
+    # trajectories: keep one decoder KV cache per trajectory and extend it turn by turn.
+    incremental_turns: bool = True
 
 
 def max_new_tokens_for(e: "EvaluationConfig", task: str) -> int:
@@ -547,3 +555,5 @@ def validate(cfg: ExperimentConfig) -> None:
              "must be >= 1 or null")
     _require(e.max_turns_per_trajectory >= 1, "evaluation.max_turns_per_trajectory",
              "must be >= 1")
+    _require(e.decoding in DECODING_MODES, "evaluation.decoding",
+             f"must be one of {', '.join(DECODING_MODES)}, got {e.decoding!r}")

@@ -57,9 +57,18 @@ and ``summary.json``, next to ``compression_rate_configured``: a context shorter
 ``mem_size * rate`` or kept as text lowers the effective rate below the configured one).
 
 Timings come from the model (``compress_s``: encoder and memory; ``generate_s``: decoding
-including the prompt's prefill) per batch and are split evenly over its examples, so a
-per-example ``latency_s`` is the batch time divided by the batch size.
-``tokens_per_second`` = generated tokens / generation time.
+including the prompt's prefill, split into ``prefill_s`` and ``decode_s``) per batch and are
+split evenly over its examples, so a per-example ``latency_s`` is the batch time divided by
+the batch size. ``tokens_per_second`` = generated tokens / generation time.
+
+Inference settings (:mod:`icae.evaluation.decoding`): ``evaluation.decoding`` picks the KV
+cache (static with CUDA-graph decode steps on CUDA by default); with
+``evaluation.memory_cache`` ICAE compresses each distinct context once per evaluation
+(``compress_s`` counts only the encoder calls made); with ``evaluation.incremental_turns``
+the turns of a trajectory run in order on one growing KV cache (batch 1), and a turn's
+timings are the compression of its new observations, the prefill of its new tokens, and
+its decoding (``prefill_tokens``, ``reused_tokens``, ``cache_tokens`` and
+``kv_cache_bytes`` in its ``timings``).
 """
 
 from __future__ import annotations
@@ -221,9 +230,21 @@ def evaluate(cfg, model=None, overwrite: bool = False) -> dict:
     log.info("evaluate %s on %d examples from %s (%s%s)", task, len(examples), data_path,
              model_cfg.model_type, f", baseline {e.baseline}" if e.baseline != "none" else "")
 
-    gen = generate_examples(model, examples, e.batch_size, e.progress)
-    tf = (teacher_forced_scores(model, examples, e.batch_size, e.progress)
-          if task == "trajectories" else None)
+    from icae.evaluation import decoding as D
+
+    with D.inference_settings(model, e) as memory_stats:
+        incremental = task == "trajectories" and e.incremental_turns
+        reason = D.incremental_unsupported_reason(model, examples) if incremental else None
+        if reason:
+            log.warning("evaluation.incremental_turns: full prompts per turn instead (%s)",
+                        reason)
+            incremental = False
+        gen = (D.generate_turns_incrementally(model, examples, e.progress) if incremental
+               else generate_examples(model, examples, e.batch_size, e.progress))
+        tf = (teacher_forced_scores(model, examples, e.batch_size, e.progress)
+              if task == "trajectories" else None)
+    gen["memory_cache"] = memory_stats
+    gen["incremental_turns"] = incremental
 
     tok = model.prompts.tokenizer
     records = []
@@ -295,7 +316,8 @@ def generate_examples(model, examples: list[Example], batch_size: int, progress:
     order = sorted(range(n), key=lambda i: (-prompt_tokens[i], -ctx_tokens[i], i))
     ids: list[list[int] | None] = [None] * n
     per_ex: list[dict | None] = [None] * n
-    totals = {"compress_s": 0.0, "generate_s": 0.0, "decoded_tokens": 0}
+    totals = {"compress_s": 0.0, "generate_s": 0.0, "prefill_s": 0.0, "decode_s": 0.0,
+              "decoded_tokens": 0}
     with _progress(n, "generate", progress) as bar:
         for batch in _batches(order, batch_size):
             timings: dict = {}
@@ -306,6 +328,8 @@ def generate_examples(model, examples: list[Example], batch_size: int, progress:
             g_s = float(timings.get("generate_s", 0.0))
             totals["compress_s"] += c_s
             totals["generate_s"] += g_s
+            totals["prefill_s"] += float(timings.get("prefill_s", 0.0))
+            totals["decode_s"] += float(timings.get("decode_s", 0.0))
             totals["decoded_tokens"] += sum(len(o) for o in out)
             B = len(batch)
             for i, o in zip(batch, out):
@@ -467,6 +491,14 @@ def summarize(task: str, records: list[dict], gen: dict, wall: float,
     rows.append(("generated_tokens_total", generated, n))
     rows.append(("compress_time_s", gen["compress_s"], n))
     rows.append(("generate_time_s", gen["generate_s"], n))
+    rows.append(("prefill_time_s", gen.get("prefill_s"), n))
+    rows.append(("decode_time_s", gen.get("decode_s"), n))
+    cache = gen.get("memory_cache") or {}
+    if cache:
+        rows.append(("memory_cache_hits", cache["hits"], n))
+        rows.append(("memory_cache_misses", cache["misses"], n))
+    if gen.get("kv_cache_peak_bytes"):
+        rows.append(("kv_cache_peak_bytes", gen["kv_cache_peak_bytes"], n))
     rows.append(("latency_s", _mean(r["timings"]["latency_s"] for r in records)[0], n))
     rows.append(("tokens_per_second", M.throughput(gen["decoded_tokens"], gen["generate_s"]),
                  n))
@@ -502,6 +534,10 @@ UNITS = {
     "contexts_compressed_fraction": "fraction of contexts ICAE compresses (the rest stay text)",
     "*_time_s": "seconds, summed over batches",
     "latency_s": "mean per example (batch time / batch size)",
+    "prefill_time_s": "seconds of prompt prefill (included in generate_time_s)",
+    "decode_time_s": "seconds of token decoding (included in generate_time_s)",
+    "memory_cache_*": "contexts served from / encoded into the memory cache (ICAE)",
+    "kv_cache_peak_bytes": "largest decoder KV cache of one trajectory (incremental turns)",
     "tokens_per_second": "tokens decoded (every row, up to its batch's budget) / generate time",
 }
 
@@ -532,6 +568,9 @@ def _summary(cfg, model_cfg, task, data_path, out_dir, metrics, meta, model) -> 
         "n": {k: c for k, _, c in metrics},
         "units": UNITS,
         "generation": {"decoding": "greedy", "kv_cache": True, "batch_size": e.batch_size,
+                       "kv_cache_mode": e.decoding, "memory_cache": e.memory_cache,
+                       "incremental_turns": e.incremental_turns if task == "trajectories"
+                       else None,
                        "max_new_tokens": (max_new_tokens_for(e, task)
                                           if task in BUDGETED_TASKS
                                           else "reference length + 1")},

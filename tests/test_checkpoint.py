@@ -77,6 +77,7 @@ def test_missing_checkpoint(tiny_tok, tmp_path):
     (dict(lora_alpha=16), "lora_alpha is 8 in the checkpoint but 16"),
     (dict(layout="default"), "position_layout is 'epl' in the checkpoint but 'default'"),
     (dict(rate=4.0), "mean_compression_rate is 2.0 in the checkpoint but 4.0"),
+    (dict(slot_rule="fixed"), "slot_rule is 'proportional' in the checkpoint but 'fixed'"),
 ])
 def test_adapter_and_layout_settings_are_checked(tiny_tok, tmp_path, change, needle):
     save_checkpoint(make_icae(tiny_tok), tmp_path / "ckpt")
@@ -93,7 +94,7 @@ def test_check_settings_names_the_key_before_loading(tiny_tok, tmp_path):
     ok = ModelConfig(mem_size=4, mean_compression_rate=2, lora_r=4, lora_alpha=8)
     check_settings(meta, ok, "ckpt")
     for key, value in [("position_layout", "linspace"), ("mean_compression_rate", 3.0),
-                       ("lora_alpha", 32), ("mem_size", 8)]:
+                       ("lora_alpha", 32), ("mem_size", 8), ("slot_rule", "fixed")]:
         bad = ModelConfig(mem_size=4, mean_compression_rate=2, lora_r=4, lora_alpha=8)
         setattr(bad, key, value)
         with pytest.raises(ValueError, match=f"model.{key}="):
@@ -121,7 +122,8 @@ def test_old_checkpoint_without_fingerprint_loads_with_a_warning(tiny_tok, tmp_p
     save_checkpoint(make_icae(tiny_tok), tmp_path / "ckpt")
     meta_path = tmp_path / "ckpt" / "checkpoint.json"
     meta = json.loads(meta_path.read_text())
-    for key in ("base_fingerprint", "lora_alpha", "position_layout", "mean_compression_rate"):
+    for key in ("base_fingerprint", "lora_alpha", "position_layout", "mean_compression_rate",
+                "slot_rule"):
         meta.pop(key)
     meta_path.write_text(json.dumps(meta))
     with caplog.at_level("WARNING"):

@@ -31,6 +31,14 @@ DTYPES = ("float32", "bfloat16", "float16")
 EVAL_TASKS = ("ae", "qa", "repoqa", "trajectories")
 FINETUNE_DATASETS = ("squad", "repoqa", "trajectories")
 EVAL_BASELINES = ("none", "truncate", "no_context")
+# Tasks whose budget is a setting (ae and trajectories decode the reference length + 1).
+BUDGETED_TASKS = ("qa", "repoqa")
+# Task defaults that take precedence over evaluation.max_new_tokens: RepoQA's official
+# harness (evalplus/repoqa, search_needle_function.py, evaluate_model) generates up to
+# max_new_tokens=1024; needles run to several hundred tokens, so a shared QA-sized budget
+# would cut correct answers.
+EVAL_DEFAULT_MAX_NEW_TOKENS = {"repoqa": 1024}
+DECODING_MODES = ("auto", "static", "dynamic")
 DATA_SETS = ("pretrain", "squad", "repoqa", "trajectories")
 
 
@@ -212,13 +220,35 @@ class EvaluationConfig:
     output_dir: str | None = None
     baseline: str = "none"
     batch_size: int = 4
+    # Generation budget of the tasks with free-form answers (qa, repoqa) unless a task has
+    # its own below or in EVAL_DEFAULT_MAX_NEW_TOKENS (ae and trajectories always get the
+    # reference length + 1).
     max_new_tokens: int = 64
+    # Per-task budgets, e.g. {repoqa: 1024, qa: 32}; they override both max_new_tokens and
+    # the task's default.
+    max_new_tokens_by_task: dict[str, int] = field(default_factory=dict)
     num_samples: int | None = None
     progress: bool = True
     # Names the output folder <output_root>/<run_name>/eval/<variant>/<task>.
     variant: str = "default"
     # trajectories: evaluate at most this many assistant turns per trajectory.
     max_turns_per_trajectory: int = 8
+    # KV cache of greedy decoding: auto (static cache + CUDA-graph steps on CUDA, dynamic
+    # elsewhere), static, or dynamic. Same tokens either way.
+    decoding: str = "auto"
+    # ICAE: compress each distinct context once and reuse its memory across prompts.
+    memory_cache: bool = True
+    # trajectories: keep one decoder KV cache per trajectory and extend it turn by turn.
+    incremental_turns: bool = True
+
+
+def max_new_tokens_for(e: "EvaluationConfig", task: str) -> int:
+    """Generation budget of a qa / repoqa example: ``evaluation.max_new_tokens_by_task``,
+    else the task's default (:data:`EVAL_DEFAULT_MAX_NEW_TOKENS`), else
+    ``evaluation.max_new_tokens``."""
+    if task in e.max_new_tokens_by_task:
+        return e.max_new_tokens_by_task[task]
+    return EVAL_DEFAULT_MAX_NEW_TOKENS.get(task, e.max_new_tokens)
 
 
 @dataclass
@@ -513,7 +543,17 @@ def validate(cfg: ExperimentConfig) -> None:
              "the truncate and no_context baselines read plain text: set model.model_type=llm")
     _require(e.batch_size >= 1, "evaluation.batch_size", "must be >= 1")
     _require(e.max_new_tokens >= 1, "evaluation.max_new_tokens", "must be >= 1")
+    for task, budget in e.max_new_tokens_by_task.items():
+        key = f"evaluation.max_new_tokens_by_task.{task}"
+        _require(task in BUDGETED_TASKS, key,
+                 f"unknown task or a task without a settable budget; expected one of "
+                 f"{', '.join(BUDGETED_TASKS)} (ae and trajectories decode the reference "
+                 "length + 1)")
+        _require(isinstance(budget, int) and not isinstance(budget, bool) and budget >= 1,
+                 key, f"must be an integer >= 1, got {budget!r}")
     _require(e.num_samples is None or e.num_samples >= 1, "evaluation.num_samples",
              "must be >= 1 or null")
     _require(e.max_turns_per_trajectory >= 1, "evaluation.max_turns_per_trajectory",
              "must be >= 1")
+    _require(e.decoding in DECODING_MODES, "evaluation.decoding",
+             f"must be one of {', '.join(DECODING_MODES)}, got {e.decoding!r}")

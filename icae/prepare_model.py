@@ -31,6 +31,7 @@ import logging
 import os
 import re
 import shutil
+import struct
 import subprocess
 import sys
 import tarfile
@@ -340,6 +341,10 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path) -> dict:
                                f"'gguf>=0.10' ({exc})") from exc
     except (ValueError, KeyError, RuntimeError) as exc:
         raise ModelSourceError(f"transformers cannot load GGUF file {gguf_path}: {exc}") from exc
+    except (struct.error, EOFError, OSError, IndexError) as exc:
+        # A truncated file fails deep inside the GGUF reader with no file name.
+        raise ModelSourceError(f"{gguf_path}: truncated or corrupt GGUF file "
+                               f"({type(exc).__name__}: {exc}); download it again") from exc
     model = model.to(torch.bfloat16)
     # A dense model now: no quantizer or quantization config may travel with it.
     if getattr(model, "hf_quantizer", None) is not None:
@@ -429,8 +434,35 @@ def copy_local(src: Path, out_dir: Path) -> None:
             shutil.copy2(p, out_dir / p.name)
 
 
-def _check_output(out_dir: Path) -> list[str]:
+def verify_weights(folder: Path) -> list[str]:
+    """Problems with the weight files: every safetensors file must parse (header, tensor
+    offsets within the file) and every shard of an index must exist."""
+    from safetensors import safe_open
+
     problems = []
+    for path in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(str(path), framework="pt") as fh:
+                keys = list(fh.keys())
+                if keys:  # the last tensor's data must lie inside the file
+                    fh.get_slice(keys[-1])
+        except Exception as exc:  # noqa: BLE001 - SafetensorError and friends
+            problems.append(f"{path.name} is truncated or corrupt ({type(exc).__name__}: "
+                            f"{exc})")
+    for index in sorted(folder.glob("*.safetensors.index.json")):
+        try:
+            shards = set(json.loads(index.read_text())["weight_map"].values())
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            problems.append(f"{index.name} is corrupt ({exc})")
+            continue
+        missing = sorted(s for s in shards if not (folder / s).is_file())
+        if missing:
+            problems.append(f"{index.name} names missing shards {missing[:3]}")
+    return problems
+
+
+def _check_output(out_dir: Path) -> list[str]:
+    problems = verify_weights(out_dir)
     if not (out_dir / "config.json").is_file():
         problems.append("no config.json")
     if not (list(out_dir.glob("*.safetensors")) or list(out_dir.glob("*.bin"))):

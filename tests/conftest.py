@@ -29,8 +29,10 @@ def make_icae(tok, arch="llama", layout="epl", mem_size=4, rate=2.0, seed=0, **m
 
     import torch
 
+    kw = dict(lora_r=4, lora_alpha=8, lora_dropout=0.0)
+    kw.update(model_kw)
     cfg = ModelConfig(mem_size=mem_size, mean_compression_rate=rate, position_layout=layout,
-                      lora_r=4, lora_alpha=8, lora_dropout=0.0, **model_kw)
+                      **kw)
     base = tiny_model(arch, vocab_size=len(tok), seed=seed)
     torch.manual_seed(seed + 1)
     return build_model(cfg, base, tok)

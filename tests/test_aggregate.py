@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from icae.evaluation.aggregate import aggregate, read_metrics, to_latex, to_markdown, wide_table
+from icae.evaluation.aggregate import aggregate, read_metrics, wide_table
 
 COLUMNS = ["run", "variant", "model_type", "baseline", "base_model", "task", "dataset",
            "mem_size", "compression_rate", "position_layout", "checkpoint", "metric", "value",
@@ -125,19 +125,16 @@ def test_wide_table_rows_columns_and_values(tmp_path):
         value_for("llm-s42", "base", "qa", "exact_match"))
     assert base["mem_size"].isna().all() and base["position_layout"].isna().all()
 
-    md = paths["markdown"].read_text()
-    lines = md.splitlines()
-    assert lines[0].startswith("| variant | model | mem | rate | layout |")
-    assert len(lines) == 2 + len(wide)
-    assert f"{value_for('llm-s42', 'base', 'qa', 'exact_match'):.3f}" in md
-    tex = paths["latex"].read_text()
-    assert "\\begin{tabular}" in tex and "\\multicolumn{2}{c}{squad}" in tex
-    assert "icae-ft-squad & icae & 16 & 2 & epl" in tex
-    assert "exact\\_match" in tex
+    # The paper tables: one per task and a summary.
+    for name in ("ae", "qa", "summary"):
+        for ext in ("tex", "md", "csv"):
+            assert paths[f"{name}.{ext}"].is_file(), (name, ext)
+    assert "metrics_wide.md" not in {p.name for p in paths.values()}
 
     plots = tmp_path / "tables" / "plots"
-    assert (plots / "qa_vs_compression_rate.png").stat().st_size > 1000
-    assert (plots / "ae_vs_compression_rate.png").stat().st_size > 1000
+    for stem in ("qa_vs_compression_rate", "qa_vs_mem_size", "ae_vs_compression_rate"):
+        for ext in ("png", "pdf", "svg"):
+            assert (plots / f"{stem}.{ext}").stat().st_size > 1000, (stem, ext)
 
 
 def test_seeds_are_averaged_with_std(tmp_path):
@@ -150,9 +147,11 @@ def test_seeds_are_averaged_with_std(tmp_path):
     assert wide.loc[key, ("squad", "f1", "mean")] == pytest.approx((v1 + v2) / 2)
     assert wide.loc[key, ("squad", "f1", "std")] == pytest.approx(abs(v1 - v2) / math.sqrt(2))
     assert wide.loc[key, ("squad", "f1", "seeds")] == 2
-    md = to_markdown(wide, decimals=2)
+    paths = aggregate(files, tmp_path / "t", decimals=2)
+    md = paths["qa.md"].read_text()
     assert f"{(v1 + v2) / 2:.2f} ± {abs(v1 - v2) / math.sqrt(2):.2f}" in md
-    assert "$\\pm$" in to_latex(wide)
+    assert "over 2 seeds" in md
+    assert "$\\pm$" in paths["qa.tex"].read_text()
 
 
 def test_variant_and_seed_from_path_when_columns_lack_them(tmp_path):
@@ -168,7 +167,7 @@ def test_metric_selection_and_decimals(tmp_path):
     paths = aggregate(files, tmp_path / "t", metrics=["f1"], decimals=1)
     wide = pd.read_csv(paths["wide"])
     assert [c for c in wide.columns if "/" in c] == ["squad/f1"]
-    assert f"{value_for('llm-s42', 'base', 'qa', 'f1'):.1f}" in paths["markdown"].read_text()
+    assert f"{value_for('llm-s42', 'base', 'qa', 'f1'):.1f}" in paths["qa.md"].read_text()
     # The long table keeps every metric.
     assert set(pd.read_csv(paths["long"])["metric"]) == {"bleu1", "token_accuracy",
                                                          "exact_match", "f1"}
@@ -218,9 +217,52 @@ def test_cli(tmp_path):
          "--out", str(out), "--inputs", *map(str, files)],
         capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    for name in ("metrics_long.csv", "metrics_wide.csv", "metrics_wide.md", "metrics_wide.tex",
-                 "plots/qa_vs_compression_rate.png"):
+    for name in ("metrics_long.csv", "metrics_wide.csv", "qa.tex", "qa.md", "qa.csv",
+                 "summary.tex", "plots/qa_by_method.pdf"):
         assert (out / name).is_file(), name
     proc = subprocess.run([sys.executable, "-m", "icae", "aggregate", "--out", str(out)],
                           capture_output=True, text=True)
     assert proc.returncode == 1 and "no metric files" in proc.stderr
+
+
+@pytest.mark.parametrize("mutate, needle", [
+    (lambda t: "", "the metrics file is empty"),
+    (lambda t: t[: len(t) - 7], "no newline: the file is truncated"),
+    (lambda t: t.splitlines()[0] + "\n", "a header but no rows"),
+    (lambda t: t + 'x,"unclosed\n', "malformed CSV"),
+    (lambda t: t.replace(",8\n", ",eight\n", 1), r":2: column 'n' is 'eight', not an integer"),
+    (lambda t: t.replace(",8\n", ",\n", 1), r":2: column 'n' is '', not an integer"),
+    (lambda t: t + t.splitlines()[1] + "\n", "metric 'f1' appears 2 times"),
+])
+def test_broken_metric_files_are_named(tmp_path, mutate, needle):
+    f = write_metrics(tmp_path, "m8-r4-epl-s7", "icae-ft-squad", "qa", ["f1", "exact_match"],
+                      mem=8, rate=4, layout="epl")
+    f.write_text(mutate(f.read_text()))
+    with pytest.raises(ValueError, match=needle) as exc:
+        aggregate([str(f)], tmp_path / "t")
+    assert str(f) in str(exc.value)
+    assert not (tmp_path / "t" / "metrics_wide.csv").exists()
+
+
+def test_value_garbage_is_named(tmp_path):
+    f = write_metrics(tmp_path, "m8-r4-epl-s7", "icae-ft-squad", "qa", ["f1"], mem=8, rate=4,
+                      layout="epl")
+    lines = f.read_text().splitlines()
+    cells = lines[1].split(",")
+    cells[-2] = "abc"
+    f.write_text("\n".join([lines[0], ",".join(cells)]) + "\n")
+    with pytest.raises(ValueError, match=r"metrics.csv:2: column 'value' is 'abc'"):
+        read_metrics([f])
+
+
+def test_two_results_for_one_variant_are_not_averaged(tmp_path):
+    a = write_metrics(tmp_path / "a", "m8-r4-epl-s7", "icae-ft-squad", "qa", ["f1"], mem=8,
+                      rate=4, layout="epl")
+    b = write_metrics(tmp_path / "b", "m8-r4-epl-s7", "icae-ft-squad", "qa", ["f1"], mem=8,
+                      rate=4, layout="epl")
+    with pytest.raises(ValueError, match="two results for one key .*variant=icae-ft-squad.*"
+                                         "seed=7.*distinct seeds"):
+        read_metrics([a, b])
+    c = write_metrics(tmp_path / "c", "m8-r4-epl-s8", "icae-ft-squad", "qa", ["f1"], mem=8,
+                      rate=4, layout="epl")
+    assert len(read_metrics([a, c])) == 2  # replicas: distinct seeds

@@ -182,3 +182,44 @@ def test_real_eval_corpus(tiny_tok):
     assert len(ev) == 4
     assert all(e["source"] for e in train)
     json.dumps(train[:3])  # plain JSON types
+
+
+def test_long_document_is_windowed_before_tokenizing(tiny_tok):
+    # A 54 MB document used to be tokenized whole (10.8 GB of RAM): now only a window.
+    seen = []
+
+    class Recording:
+        def __call__(self, text, **kw):
+            seen.append(len(text))
+            return tiny_tok(text, **kw)
+
+    long_doc = "the quick brown fox jumps over the lazy dog " * 60_000  # 2.6 MB
+    pcfg = PretrainDataConfig(min_len=32, lm_ratio=0.5, token_num=10 ** 9, shuffle_buffer=0)
+    from icae.data.corpus import PretrainStats
+
+    stats = PretrainStats()
+    out = build_pretrain_examples([long_doc, "short text " * 20], Recording(), pcfg, seed=1,
+                                  stats=stats)
+    assert max(seen) <= 200_000
+    assert stats.long_documents_windowed == 1
+    assert len(out[0]["context_ids"]) >= 28
+    again = build_pretrain_examples([long_doc], tiny_tok, pcfg, seed=1)
+    assert again[0] == out[0]  # deterministic for a seed
+
+
+@pytest.mark.parametrize("name, content, needle", [
+    ("empty.jsonl", b"", "empty.jsonl: the file is empty"),
+    ("blank.txt", b"  \n", "blank.txt: the file is empty"),
+    ("latin1.jsonl", b'{"text": "ok"}\n{"text": "caf\xe9"}\n', "latin1.jsonl:2: not UTF-8"),
+    ("cut.jsonl.gz", None, r"cut.jsonl.gz:\d+: truncated or corrupt compressed file"),
+])
+def test_unreadable_sources_are_named(tmp_path, content, name, needle):
+    import gzip
+
+    path = tmp_path / name
+    if content is None:
+        full = gzip.compress(b"".join(b'{"text": "line %d"}\n' % i for i in range(2000)))
+        content = full[: len(full) // 2]
+    path.write_bytes(content)
+    with pytest.raises(DataError, match=needle):
+        list(iter_source(TextSource(path=str(path))))

@@ -45,9 +45,14 @@ def sample_cfg(model_dir, out, **data):
     return config_from_dict({"seed": 7, "model": {"model_dir": str(model_dir)}, "data": d})
 
 
-def test_prepare_every_set_from_the_samples(model_dir, tmp_path):
+def test_prepare_every_set_from_the_samples(model_dir, tmp_path, capsys):
     cfg = sample_cfg(model_dir, tmp_path / "prepared")
     summaries = run(cfg)
+    # Each set's line says how long it took and how fast; no bar redraws in a log.
+    out_text = capsys.readouterr()
+    lines = [l for l in out_text.out.splitlines() if l.startswith(("pretrain:", "squad:"))]
+    assert len(lines) == 2 and all("elapsed " in l and "records/s" in l for l in lines), lines
+    assert "\r" not in out_text.err + out_text.out
     assert list(summaries) == ["pretrain", "squad", "repoqa", "trajectories"]
     out = tmp_path / "prepared"
     keys = {

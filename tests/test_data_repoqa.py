@@ -37,6 +37,10 @@ def test_release_tasks(tiny_tok):
         assert t["context_tokens"] <= 1.1 * 300  # RepoQA counts line by line: approximate
         assert t["id"] == f"{t['language']}::{t['repo']}::{t['needle_name']}"
         assert t["description"].startswith("1. **Purpose**")
+        # every needle of the task's repository, for RepoQA's best-match criterion
+        same_repo = {u["needle_name"]: u["needle_code"] for u in tasks
+                     if (u["language"], u["repo"]) == (t["language"], t["repo"])}
+        assert t["repo_needles"] == same_repo
     # the needle after a non-ASCII character is cut at the right (byte) offsets
     cv = tasks[0]
     assert cv["needle_code"].startswith("def count_vowels(text):")

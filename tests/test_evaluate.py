@@ -4,6 +4,7 @@ baselines, checkpoints, and bad inputs."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 from pathlib import Path
 
@@ -73,7 +74,8 @@ def make_cfg(env, out: Path, *overrides: str):
         f"model.model_dir={env['model_dir']}", "model.mem_size=4",
         "model.mean_compression_rate=2", "model.lora_r=4", "model.lora_alpha=8",
         f"data.prepared_dir={env['data']}", f"output_root={out}", "evaluation.batch_size=2",
-        "evaluation.max_new_tokens=4", "evaluation.progress=false", *overrides])
+        "evaluation.max_new_tokens=4", "evaluation.max_new_tokens_by_task={repoqa: 4}",
+        "evaluation.progress=false", *overrides])
 
 
 def read_outputs(directory: Path) -> tuple[list[dict], list[dict], dict]:
@@ -230,7 +232,8 @@ def test_context_policy_budgets():
     icae = ContextPolicy(ModelConfig(mem_size=4, mean_compression_rate=2.0,
                                      min_compress_len=3), "none")
     assert icae.account([17, 2]) == {"context_tokens": 19, "memory_tokens": 11,
-                                     "memory_slots": 9, "compression_rate": 19 / 11}
+                                     "memory_slots": 9, "compression_rate": 19 / 11,
+                                     "contexts": 2, "contexts_compressed": 1}
 
 
 def test_policy_matches_model_memory_slots(tiny_tok):
@@ -242,6 +245,63 @@ def test_policy_matches_model_memory_slots(tiny_tok):
         expected = model.num_memory_slots(n) if model.compresses(n) else 0
         assert policy.memory_slots(n) == expected
         assert policy.compresses(n) == model.compresses(n)
+        # the truncate baseline keeps exactly as many tokens as ICAE has slots
+        llm_cfg = dataclasses.replace(model.cfg, model_type="llm")
+        truncate = ContextPolicy(llm_cfg, "truncate")
+        assert truncate.visible(n) == (min(n, expected) if model.compresses(n) else n)
+
+
+def test_policy_calls_the_models_slot_rule(tiny_tok, monkeypatch):
+    """The truncate budget is ICAE.num_memory_slots itself, not a copy of its formula."""
+    from icae.config import ModelConfig
+    from icae.models.icae import ICAE
+
+    monkeypatch.setattr(ICAE, "num_memory_slots", lambda self, n: n // 3)
+    cfg = ModelConfig(model_type="llm", mem_size=4, mean_compression_rate=2.0)
+    assert [ContextPolicy(cfg, "truncate").visible(n) for n in (3, 9, 30)] == [1, 3, 10]
+
+
+def test_policy_stand_in_follows_slot_rule():
+    """Without an ICAE the stand-in still carries model.slot_rule: fixed gives every
+    compressed segment mem_size slots, proportional ceil(n / rate)."""
+    from icae.config import ModelConfig
+    from icae.models import positions as P
+
+    for rule in ("proportional", "fixed"):
+        cfg = ModelConfig(model_type="llm", mem_size=4, mean_compression_rate=2.0,
+                          min_compress_len=3, slot_rule=rule)
+        policy = ContextPolicy(cfg, "truncate")
+        for n in (0, 2, 3, 5, 8, 17):
+            assert policy.memory_slots(n) == P.context_slots(n, 4, 2.0, rule, 3)
+    fixed = ContextPolicy(ModelConfig(mem_size=4, mean_compression_rate=2.0,
+                                      min_compress_len=3, slot_rule="fixed"))
+    prop = ContextPolicy(ModelConfig(mem_size=4, mean_compression_rate=2.0,
+                                     min_compress_len=3))
+    assert fixed.memory_slots(5) == 4 and prop.memory_slots(5) == 3
+
+
+def test_effective_and_configured_rates_are_recorded(env, tmp_path):
+    """A context shorter than a segment gets fewer tokens per slot than configured; the
+    effective rate measured on the data is written beside the configured one."""
+    for model_type in ("icae", "llm"):
+        cfg = make_cfg(env, tmp_path / model_type, "evaluation.task=qa",
+                       f"model.model_type={model_type}", "model.mem_size=16")
+        summary = evaluate(cfg)
+        preds, rows, _ = read_outputs(Path(summary["output_dir"]))
+        ctx = sum(p["context_tokens"] for p in preds)
+        mem = sum(p["memory_tokens"] for p in preds)
+        assert summary["compression_rate_effective"] == pytest.approx(ctx / mem)
+        for r in rows:
+            assert float(r["compression_rate_effective"]) == pytest.approx(ctx / mem)
+        if model_type == "icae":
+            assert summary["compression_rate_configured"] == 2.0
+            assert {r["compression_rate_configured"] for r in rows} == {"2.0"}
+            assert ctx / mem <= 2.0  # short contexts: at most the configured rate
+            assert summary["metrics"]["contexts_compressed_fraction"] == 1.0
+        else:
+            assert summary["compression_rate_configured"] is None
+            assert {r["compression_rate_configured"] for r in rows} == {""}
+            assert ctx / mem == 1.0
 
 
 def test_teacher_forced_scores_match_model_loss(tiny_tok):
@@ -322,11 +382,19 @@ def test_mismatched_checkpoint(env, tmp_path):
 
     model = build_model(make_cfg(env, tmp_path).model)
     ckpt = save_checkpoint(model, tmp_path / "ckpt")
-    with pytest.raises(ValueError, match="mem_size is 4 in the checkpoint but 8 here"):
+    with pytest.raises(ValueError, match="model.mem_size=4, but model.mem_size=8 here"):
         evaluate(make_cfg(env, tmp_path, f"evaluation.checkpoint={ckpt}", "model.mem_size=8"))
-    with pytest.raises(ValueError, match="model_type is 'icae' in the checkpoint"):
+    with pytest.raises(ValueError, match="model.model_type='icae', but model.model_type="):
         evaluate(make_cfg(env, tmp_path, f"evaluation.checkpoint={ckpt}",
                           "model.model_type=llm"))
+    # A different layout or rate changes what the memory means: an error, not a warning.
+    with pytest.raises(ValueError, match="position_layout='epl', but model.position_layout="
+                                         "'linspace' here; set model.position_layout=epl"):
+        evaluate(make_cfg(env, tmp_path, f"evaluation.checkpoint={ckpt}",
+                          "model.position_layout=linspace"))
+    with pytest.raises(ValueError, match="mean_compression_rate=2.0, but"):
+        evaluate(make_cfg(env, tmp_path, f"evaluation.checkpoint={ckpt}",
+                          "model.mean_compression_rate=4"))
 
 
 @pytest.mark.parametrize("content, error, match", [
@@ -371,3 +439,73 @@ def test_cli_reports_errors(env, tmp_path, capsys):
         main(args + ["evaluation.baseline=truncate"])
     assert exc.value.code == 2
     assert "set model.model_type=llm" in capsys.readouterr().err
+
+
+def test_pretrained_only_checkpoint_gets_no_ft_marker(env, tmp_path):
+    """A checkpoint that never trained [FT] is evaluated on QA with [LM] in its place; one
+    that never trained [AE] cannot be evaluated on autoencoding."""
+    from icae.models import build_model
+    from icae.models.checkpoint import save_checkpoint
+
+    cfg = make_cfg(env, tmp_path, "evaluation.task=qa")
+    model = build_model(cfg.model)
+    pre = save_checkpoint(model, tmp_path / "pre", extra={"stage": "pretrain",
+                                                          "trained_markers": ["ae", "lm"]})
+    summary = evaluate(make_cfg(env, tmp_path, "evaluation.task=qa",
+                                f"evaluation.checkpoint={pre}"))
+    assert summary["trained_markers"] == ["ae", "lm"] and summary["prompt_markers"] == ["lm"]
+    fine = save_checkpoint(model, tmp_path / "ft", extra={"stage": "finetune"})  # old format
+    summary = evaluate(make_cfg(env, tmp_path, "evaluation.task=qa",
+                                f"evaluation.checkpoint={fine}"))
+    assert summary["prompt_markers"] == ["ft"]
+    lm_only = save_checkpoint(model, tmp_path / "lm", extra={"trained_markers": ["lm"]})
+    with pytest.raises(ValueError, match=r"evaluation\.checkpoint=.*never trained the \[AE\]"):
+        evaluate(make_cfg(env, tmp_path, "evaluation.task=ae",
+                          f"evaluation.checkpoint={lm_only}"))
+
+
+# ---------------------------------------------------------------------------------------
+# Outputs: all or nothing, protected when read-only, checked before generating
+
+
+def test_failed_write_leaves_the_previous_outputs_whole(env, tmp_path, monkeypatch):
+    import icae.evaluation.run as R
+
+    out = tmp_path / "out"
+    cfg = make_cfg(env, tmp_path, "evaluation.task=qa", f"evaluation.output_dir={out}")
+    evaluate(cfg)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    monkeypatch.setattr(R, "metrics_csv", lambda *a, **k: 1 / 0)  # fails after predictions
+    with pytest.raises(ZeroDivisionError):
+        evaluate(make_cfg(env, tmp_path, "evaluation.task=qa", f"evaluation.output_dir={out}",
+                          "evaluation.num_samples=1"))
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out")] == []
+
+
+def test_read_only_outputs_are_refused_unless_overwrite(env, tmp_path, monkeypatch):
+    import icae.evaluation.run as R
+
+    out = tmp_path / "out"
+    cfg = make_cfg(env, tmp_path, "evaluation.task=qa", f"evaluation.output_dir={out}")
+    evaluate(cfg)
+    (out / "metrics.csv").chmod(0o444)
+    called = []
+    real = R.generate_examples
+    monkeypatch.setattr(R, "generate_examples", lambda *a, **k: called.append(1) or real(*a, **k))
+    with pytest.raises(ValueError, match=r"read-only outputs \(metrics.csv\).*--overwrite"):
+        evaluate(cfg)
+    assert not called  # refused before any generation
+    evaluate(cfg, overwrite=True)
+    assert called and (out / "metrics.csv").stat().st_mode & 0o200
+
+
+def test_unwritable_output_fails_before_generation(env, tmp_path, monkeypatch):
+    import icae.evaluation.run as R
+
+    (tmp_path / "file").write_text("not a folder")
+    monkeypatch.setattr(R, "generate_examples", lambda *a, **k: pytest.fail("generated"))
+    cfg = make_cfg(env, tmp_path, "evaluation.task=qa",
+                   f"evaluation.output_dir={tmp_path / 'file' / 'out'}")
+    with pytest.raises(ValueError, match="file/out cannot be written"):
+        evaluate(cfg)

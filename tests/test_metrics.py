@@ -526,3 +526,29 @@ def test_aggregate_mean():
     assert M.aggregate_mean(iter([0.1] * 10)) == 0.1  # fsum: exact, unlike sum()/10
     assert math.isnan(M.aggregate_mean([]))
     assert math.isnan(M.aggregate_mean([1.0, float("nan")]))
+
+
+# --- the seed's trajectory metrics (issue 10, item 7) ----------------------------------
+
+
+def test_seed_exact_match_compares_normalised_first_lines():
+    from icae.evaluation.metrics import exact_match, seed_exact_match_first_line
+
+    pred = "1. Run the Tests!\nthen something else entirely"
+    ref = "run tests\nand a different second line"
+    assert seed_exact_match_first_line(pred, ref) == 1.0
+    assert exact_match(pred, ref) == 0.0  # the strict one still differs
+    assert seed_exact_match_first_line("ls -la", "cat file") == 0.0
+    assert seed_exact_match_first_line("", "\nanything") == 1.0  # both first lines empty
+
+
+def test_seed_token_accuracy_pads_to_the_longer_sequence():
+    from icae.evaluation.metrics import seed_token_accuracy, token_accuracy
+
+    ref = [1, 2, 3, 4]
+    assert seed_token_accuracy([1, 2, 3, 4, 5, 6], ref) == pytest.approx(4 / 6)
+    assert token_accuracy([1, 2, 3, 4, 5, 6], ref) == 1.0  # strict: reference positions
+    assert seed_token_accuracy([1, 2], ref) == pytest.approx(2 / 4)
+    assert seed_token_accuracy([9, 2, 3, 4], ref) == pytest.approx(3 / 4)
+    assert seed_token_accuracy([], [5]) == 0.0
+    assert math.isnan(seed_token_accuracy([], []))

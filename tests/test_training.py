@@ -81,6 +81,7 @@ def test_pretrain_then_every_finetune(workdir, tmp_path):
     for col in ("ae_loss", "lm_loss", "trained_tokens", "eval_loss", "eval_ae_bleu1"):
         assert col in log_text.splitlines()[0], col
     assert (tmp_path / "t" / "pretrain.resume").is_dir()  # resume state lives outside
+    assert read_meta(ckpt)["trained_markers"] == ["ae", "lm"]  # pre-training never uses [FT]
 
     for dataset in ("squad", "repoqa", "trajectories"):
         for model_type in ("icae", "llm"):
@@ -90,6 +91,11 @@ def test_pretrain_then_every_finetune(workdir, tmp_path):
             meta = finetune(ft)
             out = tmp_path / "t" / f"finetune-{dataset}-{model_type}"
             assert read_meta(out)["model_type"] == model_type
+            # squad / repoqa train [FT] on top of the pre-trained markers; trajectories
+            # have no marker; the LLM has none at all
+            assert read_meta(out)["trained_markers"] == (
+                [] if model_type == "llm" else
+                ["ae", "lm"] if dataset == "trajectories" else ["ae", "ft", "lm"])
             assert math.isfinite(meta["train_loss"])
             # the checkpoint loads for evaluation
             build_model(ft.model, checkpoint=out)
@@ -181,3 +187,30 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(workdir, tmp_p
         _run(workdir, tmp_path, finetune__max_steps=5, finetune__save_steps=1)
     assert (tmp_path / "resume" / "checkpoint-2").is_dir()
     assert not (tmp_path / "out").exists()
+
+
+def test_training_log_has_no_deprecation_warnings_with_checkpointing(workdir, tmp_path,
+                                                                     capsys):
+    """Building the model and training (with activation checkpointing, as the paper
+    configs do) raises no transformers / peft deprecation warnings, which would otherwise
+    repeat in every training log; the log lines carry elapsed time, throughput and ETA,
+    and no carriage-return bars."""
+    import warnings
+
+    from icae.progress import quiet_third_party_bars
+    from icae.training.run import pretrain
+
+    quiet_third_party_bars()  # what the command line does when stderr is a log file
+
+    cfg = cfg_for(workdir, tmp_path, "pretrain.gradient_checkpointing=true")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        meta = pretrain(cfg)
+    assert meta["global_step"] == 2
+    deprecations = [f"{w.category.__name__}: {w.message}" for w in caught
+                    if issubclass(w.category, (FutureWarning, DeprecationWarning))]
+    assert not deprecations, deprecations
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    first = next(line for line in err.splitlines() if line.startswith("[step 1/2]"))
+    assert "elapsed " in first and "steps/s" in first and "tok/s" in first and "ETA " in first

@@ -154,6 +154,28 @@ def test_lint_and_snakefmt(tmp_path):
     assert fmt.returncode == 0, fmt.stdout + fmt.stderr
 
 
+def test_rules_use_the_top_level_conda_env():
+    """Every rule's conda: directive names envs/icae.yaml, which lists the package's
+    dependencies (same names and bounds as pyproject.toml)."""
+    import tomllib
+
+    env_file = REPO / "envs" / "icae.yaml"
+    rules = sorted((REPO / "workflow" / "rules").glob("*.smk"))
+    n_rules = 0
+    for smk in rules:
+        text = smk.read_text()
+        n_rules += len(re.findall(r"^rule \w+:", text, re.M))
+        for rel in re.findall(r"conda:\s*\n\s*\"([^\"]+)\"", text):
+            assert (smk.parent / rel).resolve() == env_file, (smk.name, rel)
+    conda = sum(smk.read_text().count("conda:") for smk in rules)
+    assert conda == n_rules, "a rule without a conda: directive"
+    assert not (REPO / "workflow" / "envs").exists()
+    pip = yaml.safe_load(env_file.read_text())["dependencies"][-1]["pip"]
+    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    missing = [d for d in deps if d not in pip and not d.startswith("snakemake")]
+    assert not missing, f"envs/icae.yaml lacks {missing}"
+
+
 def _placeholder_tree(tmp_path: Path, config: Path | None = None) -> Path:
     """Copy a config into tmp_path with empty placeholders for its local data files."""
     config = config or REPO / "configs" / "quickstart.yaml"
@@ -232,6 +254,21 @@ def test_invalid_configs_fail_early(tmp_path):
         assert needle in proc.stdout + proc.stderr, (patch, proc.stderr[-3000:])
 
 
+def test_config_typo_gets_did_you_mean_not_a_schema_dump(tmp_path):
+    qs = _placeholder_tree(tmp_path)
+    proc = snakemake(tmp_path, qs, "-n", "--config", "finetune={learning_rat: 1.0e-4}",
+                     check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "finetune.learning_rat: unknown key; did you mean 'learning_rate'?" in out
+    assert len(out.splitlines()) < 15, out
+    proc = snakemake(tmp_path, qs, "-n", "--config", "evaluation={batch_size: -3}",
+                     check=False)
+    out = proc.stdout + proc.stderr
+    assert "invalid config: evaluation.batch_size: -3 is less than the minimum" in out, out
+    assert len(out.splitlines()) < 15, out
+
+
 def test_yaml_exponents_and_cli_config_strings(tmp_path):
     """``1e-4`` (a string in YAML 1.1) and --config values are coerced to numbers."""
     qs = _placeholder_tree(tmp_path)
@@ -250,9 +287,17 @@ def test_commands_parse_back_into_the_job_config(tmp_path):
 
     config = _placeholder_tree(tmp_path, REPO / "configs" / "sweep-example.yaml")
     proc = snakemake(tmp_path, config, "-n", "-p", "--forceall")
-    commands = [line.split(" -m icae ", 1)[1] for line in proc.stdout.splitlines()
-                if " -m icae " in line]
+    lines = [line for line in proc.stdout.splitlines() if " -m icae " in line]
+    commands = [line.split(" -m icae ", 1)[1] for line in lines]
     assert len(commands) > 20
+    # Training jobs name their wandb run after the branch and step.
+    pre = [line for line in lines if " -m icae pretrain " in line]
+    assert pre and all(re.search(r"ICAE_WANDB_NAME=sweep-example/m\d+-r4-\w+-s42/pretrain ",
+                                 line) for line in pre), pre[0]
+    assert all("ICAE_WANDB_GROUP=sweep-example/m" in line for line in pre)
+    ft = [line for line in lines if " -m icae finetune " in line]
+    assert ft and all(re.search(r"ICAE_WANDB_NAME=sweep-example/\S+/finetune-\w+-(icae|llm) ",
+                                line) for line in ft), ft[0]
     seen = set()
     for command in commands:
         command = command.split(" > ", 1)[0]
@@ -273,6 +318,8 @@ def test_commands_parse_back_into_the_job_config(tmp_path):
             assert cfg.seed == int(m[4])
             assert cfg.model.model_type == "icae"
             assert cfg.pretrain.resume_dir.startswith("results/sweep-example/work/")
+            # the job's own resume check ignores what the workflow ignores
+            assert "logging_steps" in cfg.workflow["untracked_keys"]
             seen.add((m[1], m[3]))
         if step == "evaluate":
             e = cfg.evaluation
@@ -303,9 +350,17 @@ if cmd == "aggregate":
 
 from icae.config import dump_config, load_config
 
+import time
+
 cfg = load_config(None, rest)
+t0 = time.time()
+if cmd == "evaluate":
+    time.sleep(float(os.environ.get("FAKE_ICAE_SLEEP", "0")))
 with open(os.environ["FAKE_ICAE_CALLS"], "a") as fh:
-    fh.write(json.dumps({"cmd": cmd, "env": os.environ.get("FAKE_ICAE_MARK")}) + "\n")
+    fh.write(json.dumps({"cmd": cmd, "env": os.environ.get("FAKE_ICAE_MARK"),
+                         "cuda": os.environ.get("CUDA_VISIBLE_DEVICES"),
+                         "omp": os.environ.get("OMP_NUM_THREADS"),
+                         "t0": t0, "t1": time.time()}) + "\n")
 
 
 def number(*parts):
@@ -438,10 +493,13 @@ def test_stub_dag_outputs_and_reruns(stub_run):
                  run / "llm-s42" / "eval" / "base" / "repoqa" / "summary.json",
                  run / "benchmarks" / "m16-r4-epl-s42" / "pretrain.tsv",
                  tmp_path / "logs" / "tiny" / "m16-r4-epl-s42" / "pretrain.log",
-                 *(run / "tables" / f for f in ("metrics_long.csv", "metrics_wide.csv",
-                                                "metrics_wide.md", "metrics_wide.tex")),
-                 run / "tables" / "plots" / "qa_vs_compression_rate.png",
-                 run / "tables" / "plots" / "training_loss.png"]:
+                 *(run / "tables" / f for f in ("metrics_long.csv", "metrics_wide.csv")),
+                 *(run / "tables" / f"{t}.{ext}" for t in ("ae", "qa", "repoqa",
+                                                           "trajectories", "summary")
+                   for ext in ("tex", "md", "csv")),
+                 *(run / "tables" / "plots" / f"qa_by_method.{ext}"
+                   for ext in ("png", "pdf", "svg")),
+                 run / "tables" / "plots" / "training_loss.pdf"]:
         assert path.exists(), path
     # Resume folders live outside the outputs and are removed after success.
     assert not any((run / "work").rglob("state.json"))
@@ -527,8 +585,11 @@ def _check_tables(run: Path):
                 sel &= wide[col].isna() if pd.isna(value) else wide[col] == value
             cell = wide.loc[sel, f"{row.dataset}/{row.metric}"]
             assert cell.tolist() == [pytest.approx(row.value, nan_ok=True)], (f, row)
-    md = (run / "tables" / "metrics_wide.md").read_text()
-    assert md.count("\n") == 2 + len(wide)
+    qa = (run / "tables" / "qa.tex").read_text()
+    assert "\\label{tab:tiny-qa}" in qa and "\\toprule" in qa and "F1 $\\uparrow$" in qa
+    rows = qa.split("\\midrule", 1)[1].split("\\bottomrule", 1)[0].strip().splitlines()
+    assert len(rows) == len(wide[wide[[c for c in wide.columns if c.startswith("squad/")]]
+                                 .notna().any(axis=1)])
 
 
 @pytest.mark.slow
@@ -553,6 +614,39 @@ def test_failed_training_resumes(stub_run):
 
 
 @pytest.mark.slow
+def test_parallel_gpu_jobs_get_their_own_device_and_threads(stub_run):
+    """A fake two-GPU machine: with --resources gpu=2, evaluations run two at a time,
+    each with its own CUDA_VISIBLE_DEVICES; every job gets its rule's threads."""
+    tmp_path, data = stub_run
+    data["workflow"].update(model_types=["llm"], finetune_datasets=["squad", "repoqa"],
+                            baselines=["base", "no_context"], pretrained_tasks=[])
+    data["workflow"]["env"]["FAKE_ICAE_SLEEP"] = "1.5"
+    data["workflow"]["threads"] = {"evaluate": 2, "finetune": 4}
+    # Fine-tunes take both GPUs through the multi-GPU launcher (here the stand-in).
+    data["workflow"]["gpu"] = {"finetune": 2}
+    data["workflow"]["multi_gpu_launcher"] = data["workflow"]["python"]
+    cfg = write_config(tmp_path / "gpus.yaml", data)
+    snakemake(tmp_path, cfg, "--cores", "4", "--resources", "gpu=2",
+              env={"CUDA_VISIBLE_DEVICES": "0,1",
+                   "ICAE_GPU_LOCK_DIR": str(tmp_path / "locks")})
+    calls = [json.loads(line) for line in (tmp_path / "calls.jsonl").read_text().splitlines()]
+    evals = [c for c in calls if c["cmd"] == "evaluate"]
+    assert len(evals) == 6
+    assert all(c["cuda"] in ("0", "1") for c in evals), evals
+    overlapping = [(a, b) for i, a in enumerate(evals) for b in evals[i + 1:]
+                   if a["t0"] < b["t1"] and b["t0"] < a["t1"]]
+    assert overlapping, "no two evaluations ran at the same time"
+    assert all(a["cuda"] != b["cuda"] for a, b in overlapping), overlapping
+    assert {c["cuda"] for c in evals} == {"0", "1"}
+    omp = {c["cmd"]: c["omp"] for c in calls}
+    # 4 threads shared by the launcher's 2 processes.
+    assert omp["evaluate"] == "2" and omp["finetune"] == "2", omp
+    assert {c["cuda"] for c in calls if c["cmd"] == "finetune"} in ({"0,1"}, {"1,0"})
+    # CPU-only rules are not placed on a device.
+    assert {c["cuda"] for c in calls if c["cmd"] == "prepare-data"} == {"0,1"}
+
+
+@pytest.mark.slow
 def test_report(stub_run):
     tmp_path, data = stub_run
     data["workflow"].update(finetune_datasets=["squad"], baselines=["base"],
@@ -561,7 +655,7 @@ def test_report(stub_run):
     snakemake(tmp_path, cfg)
     snakemake(tmp_path, cfg, "--report", "report.html")
     html = (tmp_path / "report.html").read_text(errors="replace")
-    assert "metrics_wide" in html and "training_loss" in html
+    assert "summary.tex" in html and "qa.md" in html and "training_loss" in html
 
 
 # ---------------------------------------------------------------------------------------

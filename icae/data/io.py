@@ -9,6 +9,7 @@ import logging
 import lzma
 import os
 import tempfile
+import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,10 +34,47 @@ def open_text(path: str | os.PathLike):
     return open(path, "r", encoding="utf-8")
 
 
+# What a truncated or corrupt compressed file raises while it is read (none names the file).
+_STREAM_ERRORS = (EOFError, gzip.BadGzipFile, lzma.LZMAError, zlib.error)
+
+
+def _read_error(path, exc: Exception, lineno: int | None = None) -> DataError:
+    where = f"{path}:{lineno}" if lineno else f"{path}"
+    if isinstance(exc, UnicodeDecodeError):
+        return DataError(f"{where}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at "
+                         f"offset {exc.start}): convert the file to UTF-8")
+    return DataError(f"{where}: truncated or corrupt compressed file "
+                     f"({type(exc).__name__}: {exc}); download or rebuild it")
+
+
+def read_text(path: str | os.PathLike) -> str:
+    """A whole text file (``.gz`` / ``.xz`` decompressed); decoding and decompression
+    errors name the file."""
+    try:
+        with open_text(path) as fh:
+            return fh.read()
+    except (UnicodeDecodeError, *_STREAM_ERRORS) as exc:
+        if isinstance(exc, UnicodeDecodeError):
+            raw = Path(path).read_bytes() if Path(path).suffix not in (".gz", ".xz") else b""
+            line = raw[:exc.start].count(b"\n") + 1 if raw else None
+            raise _read_error(path, exc, line) from None
+        raise _read_error(path, exc) from None
+
+
+def _open_binary(path: str | os.PathLike):
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file")
+    if path.suffix == ".gz":
+        return gzip.open(path, "rb")
+    if path.suffix == ".xz":
+        return lzma.open(path, "rb")
+    return open(path, "rb")
+
+
 def read_json(path: str | os.PathLike) -> Any:
     """A whole JSON document; a syntax error names the file, line and column."""
-    with open_text(path) as fh:
-        text = fh.read()
+    text = read_text(path)
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
@@ -88,8 +126,22 @@ def iter_jsonl(path: str | os.PathLike, *, skip_bad_lines: bool = False,
                skips: SkipLog | None = None) -> Iterator[tuple[int, dict]]:
     """``(line number, record)`` for every non-blank line. A line that is not a JSON object
     raises :class:`DataError` naming ``file:line`` (or is counted in ``skips``)."""
-    with open_text(path) as fh:
-        for lineno, line in enumerate(fh, 1):
+    lineno = 0
+    # Bytes, decoded line by line, so that a decoding error names its line.
+    with _open_binary(path) as fh:
+        lines = iter(fh)
+        while True:
+            try:
+                raw = next(lines)
+            except StopIteration:
+                break
+            except _STREAM_ERRORS as exc:
+                raise _read_error(path, exc, lineno + 1) from None
+            lineno += 1
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise _read_error(path, exc, lineno) from None
             if not line.strip():
                 continue
             where = f"{path}:{lineno}"

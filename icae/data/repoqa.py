@@ -4,13 +4,15 @@ Two sources, one record format::
 
     {"id", "language", "repo", "context", "description", "needle_name", "needle_code",
      "position_ratio", "context_tokens", "instruction", "path", "needle_token_start",
-     "needle_token_end", "origin"}
+     "needle_token_end", "origin"[, "repo_needles"]}
 
 ``context`` is code holding the needle function exactly once; ``needle_code`` (the expected
 answer) is the needle's text as it stands in the context; ``context_tokens`` is the
 context's actual length in tokens of the tokenizer used to build it (close to the requested
 ``data.repoqa.context_tokens``); ``position_ratio`` is the requested place of the needle in
-the context (``needle_token_start / context_tokens`` is the achieved one).
+the context (``needle_token_start / context_tokens`` is the achieved one). Release tasks
+also carry ``repo_needles`` ({name: code} of every needle of the repository), which
+RepoQA's pass@0.8 scores the answer against.
 
 1. :func:`load_release` reads the official release file of RepoQA (``repoqa-2024-04-20.json``,
    optionally ``.gz`` / ``.xz``: ``{language: [{"repo", "content": {path: code},
@@ -289,6 +291,15 @@ def load_release(path: str | Path, tokenizer=None, *, context_tokens: int = 2048
             files = [(p, repo["content"][p]) for p in order]
             index_of = {p: i for i, p in enumerate(order)}
             needles = repo["needles"]
+            # Every needle of the repository, for RepoQA's pass criterion (the answer must
+            # be most similar to the target among them), whichever tasks are drawn later.
+            repo_needles: dict[str, str] = {}
+            for needle in needles:
+                if (isinstance(needle, dict) and needle.get("path") in index_of
+                        and all(k in needle for k in ("name", "start_byte", "end_byte"))):
+                    code = _needle_code(files[index_of[needle["path"]]][1], needle)
+                    if code.strip():
+                        repo_needles.setdefault(str(needle["name"]), code)
             for i, needle in enumerate(needles):
                 where_n = f"{where}.needles[{i}]"
                 miss = [k for k in ("name", "path", "start_byte", "end_byte", "description")
@@ -326,7 +337,8 @@ def load_release(path: str | Path, tokenizer=None, *, context_tokens: int = 2048
                     "position_ratio": ratio, "context_tokens": ctx["context_tokens"],
                     "instruction": instruction, "path": needle["path"],
                     "needle_token_start": ctx["needle_token_start"],
-                    "needle_token_end": ctx["needle_token_end"], "origin": "release"})
+                    "needle_token_end": ctx["needle_token_end"], "origin": "release",
+                    "repo_needles": repo_needles})
     if not tasks:
         raise DataError(f"{path}: no RepoQA tasks (languages={list(languages or [])}, "
                         f"skipped: {dict(skips.counts)})")

@@ -6,19 +6,28 @@ position_layout, checkpoint, metric, value, n) and, for the loss curves, the ``l
 files of training runs. Outputs, in ``--out`` (default ``<output_root>/<run_name>/tables``):
 
 * ``metrics_long.csv``: every metric row, with variant and seed;
-* ``metrics_wide.csv`` / ``.md`` / ``.tex``: rows model variant x memory size x
-  compression rate x position layout, columns data set / metric (mean over seeds;
-  Markdown and LaTeX show mean ± std when there are several seeds);
-* ``plots/<task>_vs_compression_rate.png``: each metric against the compression rate;
-* ``plots/training_loss.png``: training (and eval) loss against the step.
+* ``metrics_wide.csv``: machine-readable, rows model variant x memory size x compression
+  rate x position layout, columns ``<data set>/<metric>`` as written (mean over seeds);
+* the paper tables, ``<task>.{tex,md,csv}`` per task and ``summary.{tex,md,csv}``
+  (:mod:`icae.evaluation.tables`: human metric names with arrows, one scale per metric,
+  best value bold, mean ± std over seeds, booktabs, caption and ``\\label``);
+* ``plots/<task>_<vs|by>_<swept quantity>.{png,pdf,svg}`` (:mod:`icae.evaluation.figures`)
+  and ``plots/training_loss.{png,pdf,svg}``: training (and eval) loss against the step.
 
 Every number comes from the input files. Settings that do not apply are blank in the
-CSV files and a dash in Markdown / LaTeX: the plain LLM has no memory slots or position
+CSV files and a dash in the paper tables: the plain LLM has no memory slots or position
 layout, and the truncate baseline (cut to the memory budget) has no layout.
 
 When a file sits where the workflow puts it
 (``<run>/<branch>/eval/<variant>/<task>/metrics.csv``), the variant, task and seed
 missing from its columns are read from the path.
+
+Inputs are validated, and a problem names the file (and line): an empty or truncated
+file (no final newline, a row with missing fields), a malformed CSV, missing columns, a
+value that is not a number, a metric given twice. One result per key (variant, model
+type, baseline, memory size, rate, layout, seed, task, metric): replicas are seeds, and
+only results of distinct seeds are averaged (mean ± std); two results for the same key
+from different files (the same variant evaluated twice, or two runs mixed) are an error.
 """
 
 from __future__ import annotations
@@ -90,22 +99,95 @@ def _is_truncate(row: pd.Series) -> bool:
             or (not _is_missing(baseline) and str(baseline) == "truncate"))
 
 
+REQUIRED_COLUMNS = ("model_type", "metric", "value", "n")
+# One result per key; replicas differ in seed.
+RESULT_KEY = ["variant", "model_type", "baseline", "mem_size", "compression_rate",
+              "position_layout", "seed", "task", "metric"]
+
+
+def _number(text: str, kind: type) -> bool:
+    try:
+        value = float(text)
+    except ValueError:
+        return False
+    return kind is float or (math.isfinite(value) and value.is_integer())
+
+
+def validate_metrics_file(path: str) -> None:
+    """ValueError naming the file (and line) unless ``path`` is a complete metrics file."""
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read ({exc})") from None
+    if not raw.strip():
+        raise ValueError(f"{path}: the metrics file is empty (an interrupted evaluation?); "
+                         "rerun the evaluation")
+    if not raw.endswith(b"\n"):
+        raise ValueError(f"{path}: the last line has no newline: the file is truncated; "
+                         "rerun the evaluation")
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: malformed CSV ({' '.join(str(exc).split())})") from None
+    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
+    if missing:
+        raise ValueError(f"{path}: no column(s) {', '.join(missing)} (expected the long "
+                         "format written by icae evaluate)")
+    if df.empty:
+        raise ValueError(f"{path}: a header but no rows; rerun the evaluation")
+    if "task" not in df.columns and "task" not in _path_info(path):
+        raise ValueError(f"{path}: no column task, and the path does not say the task")
+    checks = [("n", int, False), ("value", float, True), ("mem_size", int, True),
+              ("compression_rate", float, True), ("seed", int, True)]
+    for i, row in enumerate(df.itertuples(index=False), start=2):
+        row = row._asdict() if hasattr(row, "_asdict") else dict(zip(df.columns, row))
+        where = f"{path}:{i}"
+        if not row["metric"]:
+            raise ValueError(f"{where}: empty metric name (a truncated row?)")
+        if row["model_type"] not in ("icae", "llm"):
+            raise ValueError(f"{where}: model_type is {row['model_type']!r}, not icae or llm")
+        for col, kind, blank_ok in checks:
+            if col not in row:
+                continue
+            text = row[col].strip()
+            if (not text and not blank_ok) or (text and not _number(text, kind)):
+                want = "an integer" if kind is int else "a number"
+                raise ValueError(f"{where}: column {col!r} is {row[col]!r}, not {want}"
+                                 + (" (a truncated row?)" if not text else ""))
+    dup = df[df.duplicated(["metric"] + [c for c in ("variant", "task", "seed")
+                                         if c in df.columns], keep=False)]
+    if len(dup):
+        raise ValueError(f"{path}: metric {dup['metric'].iloc[0]!r} appears "
+                         f"{len(dup)} times (lines "
+                         f"{', '.join(str(i + 2) for i in dup.index[:4])})")
+
+
+def _check_one_result_per_key(df: pd.DataFrame) -> None:
+    key = df[RESULT_KEY].astype(str)
+    dup = key.duplicated(keep=False)
+    if not dup.any():
+        return
+    first = key[dup].iloc[0]
+    rows = df[dup & (key == first).all(axis=1)]
+    files = list(dict.fromkeys(rows["source"]))
+    desc = ", ".join(f"{k}={first[k]}" for k in RESULT_KEY if first[k] not in ("None", "nan",
+                                                                                "<NA>"))
+    raise ValueError(
+        f"two results for one key ({desc}) in {' and '.join(files[:3])}: only replicas with "
+        "distinct seeds are averaged; remove one file, or give each replica its own seed "
+        "(the workflow's branch folders ...-s<seed>/)")
+
+
 def read_metrics(paths: list[str | os.PathLike]) -> pd.DataFrame:
-    """Concatenate metric files into one long table (columns LONG_COLUMNS)."""
+    """Concatenate metric files into one long table (columns LONG_COLUMNS); each file is
+    validated first (see the module docstring)."""
     frames = []
     for path in paths:
         path = str(path)
         if not Path(path).is_file():
             raise FileNotFoundError(f"metrics file {path} does not exist")
-        try:
-            df = pd.read_csv(path)
-        except pd.errors.EmptyDataError:
-            log.warning("%s is empty; skipped", path)
-            continue
-        missing = {"metric", "value"} - set(df.columns)
-        if missing:
-            raise ValueError(f"{path}: no column(s) {', '.join(sorted(missing))} "
-                             "(expected the long format written by icae evaluate)")
+        validate_metrics_file(path)
+        df = pd.read_csv(path)
         info = _path_info(path)
         for col in LONG_COLUMNS:
             if col not in df.columns:
@@ -133,13 +215,15 @@ def read_metrics(paths: list[str | os.PathLike]) -> pd.DataFrame:
     df["mem_size"] = pd.to_numeric(df["mem_size"], errors="coerce").astype("Int64")
     df["compression_rate"] = pd.to_numeric(df["compression_rate"], errors="coerce")
     df["seed"] = pd.to_numeric(df["seed"], errors="coerce").astype("Int64")
+    _check_one_result_per_key(df)
     df = df[LONG_COLUMNS + [c for c in df.columns if c not in LONG_COLUMNS]]
     return _sort(df)
 
 
 def _variant_rank(variant: str) -> tuple:
     v = str(variant)
-    fixed = {"base": 0, "truncate": 1, "no_context": 2, "icae-pretrained": 4}
+    fixed = {"base": 0, "truncate": 1, "no_context": 2, "llm-ft": 3, "icae-pretrained": 4,
+             "icae-ft": 5}  # llm-ft / icae-ft: fine-tuned rows of the summary table
     if v in fixed:
         return (fixed[v], "")
     if v.startswith("llm-ft-"):
@@ -238,37 +322,6 @@ def wide_table(long: pd.DataFrame, metrics: Metrics = None) -> pd.DataFrame:
     return wide.iloc[order]
 
 
-def _fmt_key(col: str, value: Any) -> str:
-    if _is_missing(value):
-        return "-"
-    if col == "mem_size":
-        return str(int(value))
-    if col == "compression_rate":
-        return f"{float(value):g}"
-    return str(value)
-
-
-def _cells(wide: pd.DataFrame, decimals: int, pm: str) -> tuple[list[tuple[str, str]],
-                                                                 list[list[str]]]:
-    """Header (dataset, metric) pairs and formatted rows (keys, then one cell per column)."""
-    pairs = list(dict.fromkeys((d, m) for d, m, _ in wide.columns))
-    rows = []
-    for idx, row in wide.iterrows():
-        cells = [_fmt_key(k, v) for k, v in zip(ROW_KEYS, idx)]
-        for d, m in pairs:
-            mean = row.get((d, m, "mean"))
-            std = row.get((d, m, "std"))
-            seeds = row.get((d, m, "seeds"))
-            if _is_missing(mean):
-                cells.append("-")
-            elif not _is_missing(seeds) and seeds > 1 and not _is_missing(std):
-                cells.append(f"{mean:.{decimals}f}{pm}{std:.{decimals}f}")
-            else:
-                cells.append(f"{mean:.{decimals}f}")
-        rows.append(cells)
-    return pairs, rows
-
-
 def wide_csv(wide: pd.DataFrame) -> pd.DataFrame:
     """Flat CSV: key columns, ``<dataset>/<metric>`` means, ``.../std`` when seeds > 1,
     and ``seeds`` (the most seeds behind any cell of the row)."""
@@ -286,51 +339,6 @@ def wide_csv(wide: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def to_markdown(wide: pd.DataFrame, decimals: int = 2) -> str:
-    pairs, rows = _cells(wide, decimals, " ± ")
-    header = [ROW_LABELS[k] for k in ROW_KEYS] + [f"{d} {m}" for d, m in pairs]
-    align = ["---"] * len(ROW_KEYS) + ["---:"] * len(pairs)
-    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(align) + " |"]
-    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
-
-
-_TEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
-                "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}",
-                "^": r"\textasciicircum{}"}
-
-
-def _tex(text: str) -> str:
-    return "".join(_TEX_ESCAPES.get(ch, ch) for ch in str(text))
-
-
-def to_latex(wide: pd.DataFrame, decimals: int = 2, caption: str | None = None) -> str:
-    """A booktabs table: two header rows (data set, metric), mean $\\pm$ std cells."""
-    pairs, rows = _cells(wide, decimals, " $\\pm$ ")
-    n_keys = len(ROW_KEYS)
-    spec = "l" * n_keys + "r" * len(pairs)
-    top = [""] * n_keys
-    rules = []
-    col = n_keys + 1
-    for dataset in dict.fromkeys(d for d, _ in pairs):
-        width = sum(1 for d, _ in pairs if d == dataset)
-        top.append(f"\\multicolumn{{{width}}}{{c}}{{{_tex(dataset)}}}")
-        rules.append(f"\\cmidrule(lr){{{col}-{col + width - 1}}}")
-        col += width
-    second = [_tex(ROW_LABELS[k]) for k in ROW_KEYS] + [_tex(m) for _, m in pairs]
-    lines = ["\\begin{table}[t]", "\\centering"]
-    if caption:
-        lines.append(f"\\caption{{{_tex(caption)}}}")
-    lines += [f"\\begin{{tabular}}{{{spec}}}", "\\toprule",
-              " & ".join(top) + " \\\\", "".join(rules), " & ".join(second) + " \\\\",
-              "\\midrule"]
-    for r in rows:
-        cells = [_tex(c) for c in r[:n_keys]] + [c if "$" in c else _tex(c) for c in r[n_keys:]]
-        lines.append(" & ".join(cells) + " \\\\")
-    lines += ["\\bottomrule", "\\end{tabular}", "\\end{table}"]
-    return "\n".join(lines) + "\n"
-
-
 # ---------------------------------------------------------------------------------------
 # Plots.
 
@@ -341,78 +349,12 @@ def _pyplot():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    # Text stays text in SVG and PDF (editable, searchable; TrueType fonts in PDF, as
+    # publishers ask), instead of outlines / Type 3 fonts.
+    matplotlib.rcParams.update({"svg.fonttype": "none", "pdf.fonttype": 42,
+                                "ps.fonttype": 42})
+
     return plt
-
-
-def _save(fig, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120, bbox_inches="tight")
-    os.replace(tmp, path)
-
-
-def _series_label(keys: dict) -> str:
-    parts = [str(keys["variant"])]
-    if not _is_missing(keys.get("mem_size")):
-        parts.append(f"mem {int(keys['mem_size'])}")
-    if not _is_missing(keys.get("position_layout")):
-        parts.append(str(keys["position_layout"]))
-    return ", ".join(parts)
-
-
-def plot_vs_compression_rate(long: pd.DataFrame, out_dir: Path,
-                             metrics: Metrics = None) -> list[Path]:
-    """One PNG per task: a panel per metric, the metric against the compression rate."""
-    plt = _pyplot()
-    written = []
-    for task in sorted(long["task"].dropna().unique(),
-                       key=lambda t: _dataset_rank(DATASET_OF_TASK.get(t, t))):
-        sub = long[long["task"] == task]
-        task_metrics = _metric_order(sub, task, metrics)
-        if not task_metrics:
-            continue
-        ncols = min(3, len(task_metrics))
-        nrows = math.ceil(len(task_metrics) / ncols)
-        fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols, 3.8 * nrows),
-                                 squeeze=False)
-        rates = sorted(sub["compression_rate"].dropna().unique())
-        for ax, metric in zip(axes.flat, task_metrics):
-            m = sub[sub["metric"] == metric]
-            keys = ["variant", "mem_size", "position_layout"]
-            frame = m.assign(**{k: m[k].astype(object).where(m[k].notna(), None)
-                                for k in keys})
-            groups = frame.groupby(keys, dropna=False, sort=False)
-            for i, (key, grp) in enumerate(groups):
-                label = _series_label(dict(zip(keys, key)))
-                color = plt.get_cmap("tab20")(i % 20)
-                with_rate = grp.dropna(subset=["compression_rate"])
-                if not with_rate.empty:
-                    stats = with_rate.groupby("compression_rate")["value"].agg(
-                        ["mean", "std"]).sort_index()
-                    ax.errorbar(stats.index, stats["mean"], yerr=stats["std"].fillna(0),
-                                marker="o", capsize=3, label=label, color=color)
-                else:  # independent of the rate (plain LLM): a reference line
-                    ax.axhline(grp["value"].mean(), linestyle="--", linewidth=1,
-                               label=label, color=color)
-            if rates:
-                ax.set_xscale("log", base=2)
-                ax.set_xticks(rates)
-                ax.set_xticklabels([f"{r:g}" for r in rates])
-            ax.set_xlabel("mean compression rate")
-            ax.set_ylabel(metric)
-            ax.set_title(f"{task}: {metric}")
-            ax.grid(alpha=0.3)
-        for ax in list(axes.flat)[len(task_metrics):]:
-            ax.axis("off")
-        handles, labels = axes.flat[0].get_legend_handles_labels()
-        if handles:
-            fig.legend(handles, labels, loc="upper center", ncol=min(4, len(labels)),
-                       bbox_to_anchor=(0.5, 0.0), fontsize="small", frameon=False)
-        fig.tight_layout()
-        path = out_dir / f"{task}_vs_compression_rate.png"
-        _save(fig, path)
-        plt.close(fig)
-        written.append(path)
-    return written
 
 
 def _parse_log_arg(item: str) -> tuple[str, str, str]:
@@ -471,8 +413,9 @@ def plot_training_loss(logs: list[str], out_dir: Path) -> Path | None:
     for ax in list(axes.flat)[len(names):]:
         ax.axis("off")
     fig.tight_layout()
-    path = out_dir / "training_loss.png"
-    _save(fig, path)
+    from icae.evaluation.figures import save_figure
+
+    path = save_figure(fig, out_dir / "training_loss")
     plt.close(fig)
     return path
 
@@ -481,32 +424,64 @@ def plot_training_loss(logs: list[str], out_dir: Path) -> Path | None:
 # Entry point.
 
 
+def table_metrics(long: pd.DataFrame, metrics: Metrics) -> dict[str, list[str]]:
+    """Metrics of each task's paper table: the selection, or, for a task the selection
+    leaves empty, its default headline metrics (every task evaluated gets a table)."""
+    order = {}
+    for task in long["task"].dropna().unique():
+        names = _metric_order(long, task, metrics)
+        if not names:
+            names = _metric_order(long, task, DEFAULT_METRICS) or _metric_order(
+                long, task, None)
+        order[str(task)] = names
+    return order
+
+
 def aggregate(inputs: list[str], out: str | os.PathLike, logs: list[str] | None = None,
-              metrics: Metrics = None, decimals: int = 2,
-              title: str | None = None) -> dict[str, Path]:
-    from icae.utils import atomic_write_text
+              metrics: Metrics = None, decimals: int = 2, run_name: str = "icae",
+              base_model: str | None = None) -> dict[str, Path]:
+    """Write metrics_long.csv, metrics_wide.csv, the paper tables (``<task>`` and
+    ``summary``, each .tex/.md/.csv) and the figures (png/pdf/svg) into ``out``. The
+    folder is replaced as a whole (never half old, half new); every metrics file is
+    validated before anything is written."""
+    from icae.data.io import relax_permissions
+    from icae.evaluation.figures import plot_task
+    from icae.evaluation.tables import paper_tables, short_model_name
+    from icae.utils import atomic_directory, atomic_write_text
 
     out = Path(out)
-    plots = out / "plots"
-    plots.mkdir(parents=True, exist_ok=True)
-    long = read_metrics(inputs)
-    paths = {"long": out / "metrics_long.csv", "wide": out / "metrics_wide.csv",
-             "markdown": out / "metrics_wide.md", "latex": out / "metrics_wide.tex"}
-    atomic_write_text(paths["long"], long.to_csv(index=False, float_format="%.10g"))
-    wide = wide_table(long, metrics)
-    if wide.empty:
-        atomic_write_text(paths["wide"], ",".join(ROW_KEYS) + "\n")
-        atomic_write_text(paths["markdown"], "_no metrics_\n")
-        atomic_write_text(paths["latex"], "% no metrics\n")
-    else:
-        atomic_write_text(paths["wide"], wide_csv(wide).to_csv(index=False, float_format="%.10g"))
-        atomic_write_text(paths["markdown"], to_markdown(wide, decimals))
-        atomic_write_text(paths["latex"], to_latex(wide, decimals, caption=title))
-    for path in plot_vs_compression_rate(long, plots, metrics):
-        paths[path.stem] = path
-    loss = plot_training_loss(list(logs or []), plots)
-    if loss is not None:
-        paths["training_loss"] = loss
+    long = read_metrics(inputs)  # validated before anything is written
+    with atomic_directory(out) as tmp:
+        plots = tmp / "plots"
+        plots.mkdir(parents=True, exist_ok=True)
+        built = {"long": tmp / "metrics_long.csv", "wide": tmp / "metrics_wide.csv"}
+        atomic_write_text(built["long"], long.to_csv(index=False, float_format="%.10g"))
+        wide = wide_table(long, metrics)
+        if wide.empty:
+            atomic_write_text(built["wide"], ",".join(ROW_KEYS) + "\n")
+        else:
+            atomic_write_text(built["wide"],
+                              wide_csv(wide).to_csv(index=False, float_format="%.10g"))
+        if base_model is None:
+            models = long["base_model"].dropna().astype(str).unique()
+            base_model = ", ".join(sorted(models)) if len(models) else "?"
+        order = table_metrics(long, metrics)
+        for table in paper_tables(long, order, run=run_name,
+                                  model=short_model_name(base_model)):
+            for ext, text in (("tex", table.to_latex(decimals)),
+                              ("md", table.to_markdown(decimals)), ("csv", table.to_csv())):
+                built[f"{table.name}.{ext}"] = tmp / f"{table.name}.{ext}"
+                atomic_write_text(built[f"{table.name}.{ext}"], text)
+        plt = _pyplot()
+        for task in order:
+            for path in plot_task(long, task, order[task], plots, plt):
+                built[path.stem] = path
+        loss = plot_training_loss(list(logs or []), plots)
+        if loss is not None:
+            built["training_loss"] = loss
+        relax_permissions(tmp)
+    # The paths the files have once the folder is in place.
+    paths = {k: out / p.relative_to(tmp) for k, p in built.items()}
     log.info("aggregated %d metric rows from %d files into %s", len(long), len(inputs), out)
     return paths
 
@@ -521,5 +496,5 @@ def run(cfg, args) -> dict[str, Path]:
     metrics = options.get("metrics", DEFAULT_METRICS)
     return aggregate(inputs, out, logs=list(getattr(args, "logs", []) or []),
                      metrics=metrics,
-                     decimals=int(options.get("decimals", 2)),
-                     title=f"{cfg.run_name}: {cfg.model.base_model}")
+                     decimals=int(options.get("decimals", 2)), run_name=cfg.run_name,
+                     base_model=cfg.model.base_model)

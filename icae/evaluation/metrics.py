@@ -43,6 +43,9 @@ __all__ = [
     "repoqa_needle_search",
     "token_accuracy",
     "exact_match",
+    "seed_normalize_text",
+    "seed_exact_match_first_line",
+    "seed_token_accuracy",
     "compression_stats",
     "throughput",
     "aggregate_mean",
@@ -795,6 +798,56 @@ def token_accuracy(pred_ids: Sequence[int], ref_ids: Sequence[int]) -> float:
 def exact_match(pred: str, ref: str) -> float:
     """1.0 if the strings agree after stripping surrounding whitespace, else 0.0."""
     return float(pred.strip() == ref.strip())
+
+
+# The ICAE seed's trajectory metrics (icae/data/data_utils.py and
+# icae/scripts/inference_trajectories.py of the seed), kept next to the strict ones above
+# so that our numbers can be set beside the seed's published ones:
+#
+#   compute_exact_match(pred, ref) = int(normalize_text(pred) == normalize_text(ref)),
+#   normalize_text(s): first line only (s.split("\n")[0]), a leading list number
+#       "^\d+\.\s*" removed, lower-case, punctuation removed, articles a/an/the removed,
+#       whitespace collapsed (applied to decoded, stripped strings);
+#   compute_accuracy(ref, hyp) = mean(ref == hyp) elementwise; for autoregressive output the
+#       shorter sequence is first padded with -1 to the longer one's length;
+#   teacher-forced BLEU-1 / accuracy / exact match: the same functions applied to the
+#       argmax next-token predictions at the labelled positions (the answer and its
+#       end-of-turn suffix) against those labels.
+
+_SEED_LIST_NUMBER = re.compile(r"^\d+\.\s*")
+
+
+def seed_normalize_text(s: str) -> str:
+    """The seed's ``normalize_text``: the first line only, a leading list number
+    (``"3. "``) removed, then SQuAD-style lower-case / punctuation / articles / spaces."""
+    text = s.split("\n")[0]
+    text = _SEED_LIST_NUMBER.sub("", text)
+    text = text.lower()
+    text = "".join(ch for ch in text if ch not in _PUNCTUATION)
+    text = _ARTICLES.sub(" ", text)
+    return " ".join(text.split())
+
+
+def seed_exact_match_first_line(pred: str, ref: str) -> float:
+    """The seed's trajectory exact match: 1.0 when the normalised *first lines* agree
+    (:func:`seed_normalize_text`), else 0.0. Much looser than :func:`exact_match`:
+    everything after the first newline is ignored."""
+    return float(seed_normalize_text(pred) == seed_normalize_text(ref))
+
+
+def seed_token_accuracy(pred_ids: Sequence[int], ref_ids: Sequence[int]) -> float:
+    """The seed's token accuracy: both sequences padded (with a value matching no token)
+    to the longer one's length, then the fraction of equal positions::
+
+        acc = |{i < max(len(pred), len(ref)) : pred[i] == ref[i]}| / max(len(pred), len(ref))
+
+    Unlike :func:`token_accuracy` (over reference positions only), extra predicted
+    tokens count as errors. NaN when both are empty (the seed divides by zero there)."""
+    n = max(len(pred_ids), len(ref_ids))
+    if n == 0:
+        return float("nan")
+    hits = sum(1 for p, r in zip(pred_ids, ref_ids) if p == r)
+    return hits / n
 
 
 def compression_stats(

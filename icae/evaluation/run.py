@@ -7,6 +7,13 @@ there; with ``checkpoint: null`` the untrained model is evaluated (LoRA adapters
 identity at initialisation; ICAE's memory and marker embeddings are random, drawn after
 seeding with ``seed``).
 
+Prompts never hold a learned marker that the checkpoint did not train (its
+``trained_markers``, :func:`icae.models.checkpoint.trained_markers`): a pre-trained-only
+ICAE is asked QA / RepoQA questions with [LM] where a fine-tuned one has [FT]
+(:mod:`icae.models.task_prompts`). ``summary.json`` records ``trained_markers`` and the
+``prompt_markers`` actually used. With ``checkpoint: null`` nothing restricts the markers
+(every learned embedding of the untrained model is random anyway).
+
 Baselines (``evaluation.baseline``, plain LLM only): ``none`` reads every context in full,
 ``truncate`` keeps the first tokens of each context, as many as ICAE has memory slots for
 it (``mem_size * ceil(L / (mem_size * mean_compression_rate))``, never more than ``L``;
@@ -16,12 +23,16 @@ contexts ICAE would keep as text because of ``model.min_compress_len`` stay whol
 Examples: the first ``evaluation.num_samples`` rows of the file in file order (for
 trajectories: the first N trajectories); decoding is greedy with a KV cache, in batches
 of ``evaluation.batch_size`` prompts grouped by length (longest first, ties in file
-order), so runs are deterministic. Budgets: ``evaluation.max_new_tokens`` for qa and
-repoqa; the reference length plus one (its end token) for ae and trajectories, whose
-metrics compare whole sequences.
+order), so runs are deterministic. Budgets (:func:`icae.config.max_new_tokens_for`): qa and
+repoqa take ``evaluation.max_new_tokens_by_task.<task>`` when set, else the task's default
+(repoqa: 1024, the official RepoQA harness's ``max_new_tokens``), else
+``evaluation.max_new_tokens``; ae and trajectories decode the reference length plus one
+(its end token), since their metrics compare whole sequences.
 
 Outputs in ``evaluation.output_dir`` (default
-``<output_root>/<run_name>/eval/<evaluation.variant>/<task>``), each written atomically:
+``<output_root>/<run_name>/eval/<evaluation.variant>/<task>``), written into a sibling
+temporary folder that then replaces the output folder as a whole (a failure leaves the
+previous outputs untouched; read-only outputs are refused without ``--overwrite``):
 
 ``predictions.jsonl``
     one line per example (a trajectory turn for ``trajectories``), in file order: ``id``,
@@ -39,12 +50,25 @@ Token counts per example: ``context_tokens`` are the tokens of all contexts in t
 ``memory_tokens`` the decoder positions that stand for them (ICAE: memory slots, plus the
 text of contexts too short to compress; LLM: the context tokens it reads, all of them,
 the truncated part, or none); ``memory_slots`` ICAE's learned slots alone;
-``compression_rate = context_tokens / memory_tokens`` (null when nothing is kept).
+``compression_rate = context_tokens / memory_tokens`` (null when nothing is kept);
+``contexts`` / ``contexts_compressed`` count the prompt's contexts and those ICAE
+compresses. Over the whole run this is ``compression_rate_effective`` (in ``metrics.csv``
+and ``summary.json``, next to ``compression_rate_configured``: a context shorter than
+``mem_size * rate`` or kept as text lowers the effective rate below the configured one).
 
 Timings come from the model (``compress_s``: encoder and memory; ``generate_s``: decoding
-including the prompt's prefill) per batch and are split evenly over its examples, so a
-per-example ``latency_s`` is the batch time divided by the batch size.
-``tokens_per_second`` = generated tokens / generation time.
+including the prompt's prefill, split into ``prefill_s`` and ``decode_s``) per batch and are
+split evenly over its examples, so a per-example ``latency_s`` is the batch time divided by
+the batch size. ``tokens_per_second`` = generated tokens / generation time.
+
+Inference settings (:mod:`icae.evaluation.decoding`): ``evaluation.decoding`` picks the KV
+cache (static with CUDA-graph decode steps on CUDA by default); with
+``evaluation.memory_cache`` ICAE compresses each distinct context once per evaluation
+(``compress_s`` counts only the encoder calls made); with ``evaluation.incremental_turns``
+the turns of a trajectory run in order on one growing KV cache (batch 1), and a turn's
+timings are the compression of its new observations, the prefill of its new tokens, and
+its decoding (``prefill_tokens``, ``reused_tokens``, ``cache_tokens`` and
+``kv_cache_bytes`` in its ``timings``).
 """
 
 from __future__ import annotations
@@ -53,6 +77,7 @@ import csv
 import io
 import logging
 import math
+import os
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -61,6 +86,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from icae.config import BUDGETED_TASKS, max_new_tokens_for
 from icae.evaluation import metrics as M
 from icae.evaluation.tasks import (BUILDERS, DATASETS, ContextPolicy, Example, TaskContext,
                                    finite, load_rows, score)
@@ -70,16 +96,20 @@ from icae.utils import atomic_write_json, atomic_write_jsonl, atomic_write_text
 log = logging.getLogger(__name__)
 
 CSV_COLUMNS = ("run", "variant", "model_type", "baseline", "base_model", "task", "dataset",
-               "mem_size", "compression_rate", "position_layout", "checkpoint", "metric",
+               "mem_size", "compression_rate", "compression_rate_configured",
+               "compression_rate_effective", "position_layout", "checkpoint", "metric",
                "value", "n")
 
 # Metrics reported per task (before the common token and timing metrics).
 TASK_METRICS = {
     "ae": ("bleu1", "token_accuracy", "exact_match"),
     "qa": ("exact_match", "f1", "bleu1"),
-    "repoqa": ("similarity", "pass@0.8", "bleu1"),
+    "repoqa": ("similarity", "pass@0.8", "similarity_pass@0.8", "best_needle_match", "bleu1"),
     "trajectories": ("ar_bleu1", "ar_token_accuracy", "ar_exact_match", "tf_token_accuracy",
-                     "tf_loss"),
+                     "tf_loss", "tf_exact_match",
+                     # the seed's definitions (icae.evaluation.metrics, "seed_*")
+                     "ar_seed_token_accuracy", "ar_seed_exact_match_first_line", "tf_bleu1",
+                     "tf_seed_exact_match_first_line"),
 }
 PERCENT = {("qa", "exact_match"), ("qa", "f1")}  # as the official SQuAD v1.1 script
 
@@ -93,7 +123,7 @@ def output_dir(cfg) -> Path:
 
 def run(cfg, args=None) -> dict:
     """CLI entry point (``python -m icae evaluate``)."""
-    summary = evaluate(cfg)
+    summary = evaluate(cfg, overwrite=bool(getattr(args, "overwrite", False)))
     log.info("evaluate %s: %s -> %s", cfg.evaluation.task,
              ", ".join(f"{k}={v:.4g}" for k, v in summary["metrics"].items()
                        if k in TASK_METRICS[cfg.evaluation.task] and v is not None),
@@ -102,29 +132,51 @@ def run(cfg, args=None) -> dict:
 
 
 def check_checkpoint(path: str | None, model_cfg) -> dict | None:
-    """Fail early with the path when a checkpoint is missing; warn about settings that
-    the checkpoint does not enforce but that change what its weights mean."""
+    """Fail early, before any data or model is loaded: a missing checkpoint, or one whose
+    settings (position layout, compression rate, memory size, adapter) differ from
+    ``model.*``, is an error naming the key (the same rule as fine-tuning and resuming)."""
     if not path:
         return None
-    from icae.models.checkpoint import read_meta
+    from icae.models.checkpoint import check_settings, read_meta
 
     if not Path(path).exists():
         raise FileNotFoundError(f"evaluation.checkpoint: {path} does not exist")
     meta = read_meta(path)  # FileNotFoundError when the folder is not a checkpoint
-    for key in ("position_layout", "mean_compression_rate"):
-        mine = getattr(model_cfg, key)
-        if meta.get(key) is not None and meta.get(key) != mine and (
-                meta.get("model_type") == "icae"):
-            log.warning("checkpoint %s was trained with model.%s=%r; evaluating with %r",
-                        path, key, meta.get(key), mine)
+    check_settings(meta, model_cfg, str(path))
     return meta
+
+
+def check_output_dir(out_dir: Path, overwrite: bool) -> None:
+    """Before any generation: the outputs can be written (the folder is replaced as a whole
+    through a sibling temporary folder, so its parent must take new entries), and
+    existing read-only outputs are protected unless ``overwrite``."""
+    import stat
+    import tempfile
+
+    if out_dir.exists():
+        if not out_dir.is_dir():
+            raise ValueError(f"evaluation output {out_dir} exists and is not a folder")
+        locked = [p.name for p in [out_dir, *out_dir.iterdir()]
+                  if not p.stat().st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH)]
+        if locked and not overwrite:
+            raise ValueError(
+                f"evaluation output {out_dir} holds read-only outputs ({', '.join(locked[:4])})"
+                ": they are protected; pass --overwrite to replace them, or set "
+                "evaluation.output_dir elsewhere")
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".probe")
+        os.rmdir(probe)
+    except OSError as exc:
+        raise ValueError(f"evaluation output {out_dir} cannot be written ({exc}); fix the "
+                         "permissions or set evaluation.output_dir elsewhere") from None
 
 
 def _device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def evaluate(cfg, model=None) -> dict:
+def evaluate(cfg, model=None, overwrite: bool = False) -> dict:
     """Evaluate ``cfg.evaluation.task``; build the model from ``cfg`` unless one is given.
     Returns the summary (also written to ``summary.json``)."""
     from icae.utils import seed_everything
@@ -136,6 +188,7 @@ def evaluate(cfg, model=None) -> dict:
     out_dir = output_dir(cfg)
     data_path, rows = load_rows(cfg, task)
     meta = check_checkpoint(e.checkpoint, cfg.model)
+    check_output_dir(out_dir, overwrite)
     t_start = time.perf_counter()
     seed_everything(cfg.seed)
     if model is None:
@@ -151,9 +204,25 @@ def evaluate(cfg, model=None) -> dict:
     if e.baseline != "none" and model_cfg.model_type != "llm":
         raise ValueError("evaluation.baseline: the truncate and no_context baselines read "
                          "plain text: set model.model_type=llm")
-    policy = ContextPolicy(model_cfg, e.baseline)
-    tctx = TaskContext(cfg, model.prompts, policy, list(model.stop_ids))
-    examples = BUILDERS[task](rows, tctx)
+    policy = ContextPolicy(model_cfg, e.baseline, model=model)
+    needles = None
+    if task == "repoqa":  # every needle of each repository, not only the evaluated tasks'
+        from icae.data.io import iter_jsonl
+        from icae.evaluation.tasks import repo_needles
+
+        needles = repo_needles(row for _, row in iter_jsonl(
+            data_path, skip_bad_lines=cfg.data.skip_bad_lines))
+    trained = None
+    if meta is not None and model_cfg.model_type == "icae":
+        from icae.models.checkpoint import trained_markers
+
+        trained = trained_markers(meta, e.checkpoint)
+    tctx = TaskContext(cfg, model.prompts, policy, list(model.stop_ids), needles=needles,
+                       trained_markers=trained)
+    try:
+        examples = BUILDERS[task](rows, tctx)
+    except ValueError as exc:
+        raise ValueError(f"evaluation.checkpoint={e.checkpoint}: {exc}") from None
     if not examples:
         raise ValueError(f"{data_path}: no example to evaluate for task {task!r}"
                          + (" (each trajectory needs at least two assistant messages)"
@@ -161,9 +230,21 @@ def evaluate(cfg, model=None) -> dict:
     log.info("evaluate %s on %d examples from %s (%s%s)", task, len(examples), data_path,
              model_cfg.model_type, f", baseline {e.baseline}" if e.baseline != "none" else "")
 
-    gen = generate_examples(model, examples, e.batch_size, e.progress)
-    tf = (teacher_forced_scores(model, examples, e.batch_size, e.progress)
-          if task == "trajectories" else None)
+    from icae.evaluation import decoding as D
+
+    with D.inference_settings(model, e) as memory_stats:
+        incremental = task == "trajectories" and e.incremental_turns
+        reason = D.incremental_unsupported_reason(model, examples) if incremental else None
+        if reason:
+            log.warning("evaluation.incremental_turns: full prompts per turn instead (%s)",
+                        reason)
+            incremental = False
+        gen = (D.generate_turns_incrementally(model, examples, e.progress) if incremental
+               else generate_examples(model, examples, e.batch_size, e.progress))
+        tf = (teacher_forced_scores(model, examples, e.batch_size, e.progress)
+              if task == "trajectories" else None)
+    gen["memory_cache"] = memory_stats
+    gen["incremental_turns"] = incremental
 
     tok = model.prompts.tokenizer
     records = []
@@ -174,6 +255,8 @@ def evaluate(cfg, model=None) -> dict:
         timings = dict(gen["timings"][i])
         if tf is not None:
             scores.update(tf[i]["metrics"])
+            scores.update(teacher_forced_text_scores(tok, tf[i]["pred_ids"],
+                                                     tf[i]["target_ids"]))
             timings["teacher_forced_s"] = tf[i]["seconds"]
         acct = policy.account(ex.context_lengths)
         rec = {"id": ex.id, "prediction": text, "reference": ex.reference}
@@ -192,14 +275,20 @@ def evaluate(cfg, model=None) -> dict:
     wall = time.perf_counter() - t_start
     metrics = summarize(task, records, gen, wall, policy)
     summary = _summary(cfg, model_cfg, task, data_path, out_dir, metrics, meta, model)
+    summary["trained_markers"] = None if trained is None else sorted(trained)
+    summary["prompt_markers"] = prompt_markers(examples)
 
-    out_dir.mkdir(parents=True, exist_ok=True)
     from icae.config import write_resolved_config
+    from icae.data.io import relax_permissions
+    from icae.utils import atomic_directory
 
-    atomic_write_jsonl(out_dir / "predictions.jsonl", records)
-    write_resolved_config(cfg, out_dir)
-    atomic_write_json(out_dir / "summary.json", summary)
-    atomic_write_text(out_dir / "metrics.csv", metrics_csv(cfg, model_cfg, task, metrics))
+    # All outputs or none: written beside, then swapped in with one rename.
+    with atomic_directory(out_dir) as tmp:
+        atomic_write_jsonl(tmp / "predictions.jsonl", records)
+        write_resolved_config(cfg, tmp)
+        atomic_write_json(tmp / "summary.json", summary)
+        atomic_write_text(tmp / "metrics.csv", metrics_csv(cfg, model_cfg, task, metrics))
+        relax_permissions(tmp)
     return summary
 
 
@@ -212,9 +301,9 @@ def _batches(order: list[int], size: int) -> list[list[int]]:
 
 
 def _progress(total: int, desc: str, enabled: bool):
-    from tqdm.auto import tqdm
+    from icae.progress import progress
 
-    return tqdm(total=total, desc=desc, unit="ex", disable=not enabled, leave=False)
+    return progress(total, desc, enabled, unit="ex")
 
 
 def generate_examples(model, examples: list[Example], batch_size: int, progress: bool
@@ -227,7 +316,8 @@ def generate_examples(model, examples: list[Example], batch_size: int, progress:
     order = sorted(range(n), key=lambda i: (-prompt_tokens[i], -ctx_tokens[i], i))
     ids: list[list[int] | None] = [None] * n
     per_ex: list[dict | None] = [None] * n
-    totals = {"compress_s": 0.0, "generate_s": 0.0, "decoded_tokens": 0}
+    totals = {"compress_s": 0.0, "generate_s": 0.0, "prefill_s": 0.0, "decode_s": 0.0,
+              "decoded_tokens": 0}
     with _progress(n, "generate", progress) as bar:
         for batch in _batches(order, batch_size):
             timings: dict = {}
@@ -238,6 +328,8 @@ def generate_examples(model, examples: list[Example], batch_size: int, progress:
             g_s = float(timings.get("generate_s", 0.0))
             totals["compress_s"] += c_s
             totals["generate_s"] += g_s
+            totals["prefill_s"] += float(timings.get("prefill_s", 0.0))
+            totals["decode_s"] += float(timings.get("decode_s", 0.0))
             totals["decoded_tokens"] += sum(len(o) for o in out)
             B = len(batch)
             for i, o in zip(batch, out):
@@ -275,19 +367,45 @@ def teacher_forced_scores(model, examples: list[Example], batch_size: int, progr
             rows_t, cols_t = torch.cat(rows), torch.cat(cols)
             logits = model.lm_head(hidden[:, :-1][rows_t, cols_t]).float()
             target = y[rows_t, cols_t]
-            correct = (logits.argmax(-1) == target).float().cpu()
+            argmax = logits.argmax(-1)
+            correct = (argmax == target).float().cpu()
             losses = F.cross_entropy(logits, target, reduction="none").cpu()
+            argmax, target = argmax.cpu().tolist(), target.cpu().tolist()
             elapsed = (time.perf_counter() - t0) / len(batch)
             start = 0
             for i, k in zip(batch, counts):
                 nan = float("nan")
                 results[i] = {"metrics": {
                     "tf_token_accuracy": float(correct[start:start + k].mean()) if k else nan,
+                    "tf_exact_match": float(bool(correct[start:start + k].all())) if k else nan,
                     "tf_loss": float(losses[start:start + k].mean()) if k else nan},
+                    "pred_ids": argmax[start:start + k], "target_ids": target[start:start + k],
                     "tokens": k, "seconds": elapsed}
                 start += k
             bar.update(len(batch))
     return results
+
+
+def prompt_markers(examples: list[Example]) -> list[str]:
+    """The learned markers that occur in the evaluated prompts (for the summary: a reader
+    can check them against the checkpoint's ``trained_markers``)."""
+    from icae.models.templates import Marker
+
+    kinds = {p.kind for ex in examples for pieces in (ex.prompt, ex.teacher_forced or [])
+             for p in pieces if isinstance(p, Marker)}
+    return sorted(kinds)
+
+
+def teacher_forced_text_scores(tok, pred_ids: list[int], target_ids: list[int]) -> dict:
+    """The seed's teacher-forced text metrics: the argmax predictions at the labelled
+    positions and the labels, decoded without special tokens and stripped, scored with
+    BLEU-1 and the seed's first-line exact match."""
+    if not target_ids:
+        return {"tf_bleu1": float("nan"), "tf_seed_exact_match_first_line": float("nan")}
+    hyp = tok.decode(pred_ids, skip_special_tokens=True).strip()
+    ref = tok.decode(target_ids, skip_special_tokens=True).strip()
+    return {"tf_bleu1": M.bleu1(ref, hyp),
+            "tf_seed_exact_match_first_line": M.seed_exact_match_first_line(hyp, ref)}
 
 
 # ---------------------------------------------------------------------------------------
@@ -363,12 +481,24 @@ def summarize(task: str, records: list[dict], gen: dict, wall: float,
     if policy.is_icae:
         rows.append(("memory_slots_total", sum(r["memory_slots"] for r in records), n))
     rows.append(("compression_rate", _ratio(ctx, mem), n))
+    contexts = sum(r.get("contexts", 0) for r in records)
+    rows.append(("contexts_compressed_fraction",
+                 sum(r.get("contexts_compressed", 0) for r in records) / contexts
+                 if contexts else None, n))
     rows.append(("prompt_tokens_mean", _mean(r["prompt_tokens"] for r in records)[0], n))
 
     generated = sum(r["generated_tokens"] for r in records)
     rows.append(("generated_tokens_total", generated, n))
     rows.append(("compress_time_s", gen["compress_s"], n))
     rows.append(("generate_time_s", gen["generate_s"], n))
+    rows.append(("prefill_time_s", gen.get("prefill_s"), n))
+    rows.append(("decode_time_s", gen.get("decode_s"), n))
+    cache = gen.get("memory_cache") or {}
+    if cache:
+        rows.append(("memory_cache_hits", cache["hits"], n))
+        rows.append(("memory_cache_misses", cache["misses"], n))
+    if gen.get("kv_cache_peak_bytes"):
+        rows.append(("kv_cache_peak_bytes", gen["kv_cache_peak_bytes"], n))
     rows.append(("latency_s", _mean(r["timings"]["latency_s"] for r in records)[0], n))
     rows.append(("tokens_per_second", M.throughput(gen["decoded_tokens"], gen["generate_s"]),
                  n))
@@ -385,13 +515,29 @@ UNITS = {
     "exact_match": "qa: percent (official SQuAD v1.1); ae: fraction of exact strings",
     "f1": "percent (official SQuAD v1.1, max over gold answers)",
     "similarity": "RepoQA function similarity in [0,1]",
-    "pass@0.8": "fraction with similarity >= 0.8",
+    "pass@0.8": ("RepoQA's official pass@0.8 (evalplus compute_score): the most similar of "
+                 "the repository's needles is the target and its similarity >= 0.8"),
+    "similarity_pass@0.8": ("fraction with similarity to the target >= 0.8, without the "
+                            "best-match condition (looser than pass@0.8)"),
+    "best_needle_match": "fraction whose most similar repository needle is the target",
     "ar_*": "autoregressive (greedy) prediction vs the turn's target",
     "tf_*": "teacher-forced: argmax accuracy / mean cross-entropy (nats) on target tokens",
+    "tf_exact_match": "teacher-forced: 1 when every target token is the argmax prediction",
+    "tf_bleu1": "teacher-forced (seed): BLEU-1 of the decoded argmax predictions vs targets",
+    "*seed_exact_match_first_line": ("the seed's exact match: normalised first lines equal "
+                                     "(looser than exact_match)"),
+    "ar_seed_token_accuracy": ("the seed's token accuracy: equal positions / the longer of "
+                               "prediction and reference (extra tokens count as errors)"),
     "trajectory_*": "mean over trajectories of the per-trajectory mean over turns",
-    "compression_rate": "context tokens / decoder positions standing for them",
+    "compression_rate": ("effective rate measured on the evaluated examples: context tokens "
+                         "/ decoder positions standing for them (= compression_rate_effective)"),
+    "contexts_compressed_fraction": "fraction of contexts ICAE compresses (the rest stay text)",
     "*_time_s": "seconds, summed over batches",
     "latency_s": "mean per example (batch time / batch size)",
+    "prefill_time_s": "seconds of prompt prefill (included in generate_time_s)",
+    "decode_time_s": "seconds of token decoding (included in generate_time_s)",
+    "memory_cache_*": "contexts served from / encoded into the memory cache (ICAE)",
+    "kv_cache_peak_bytes": "largest decoder KV cache of one trajectory (incremental turns)",
     "tokens_per_second": "tokens decoded (every row, up to its batch's budget) / generate time",
 }
 
@@ -409,17 +555,24 @@ def _summary(cfg, model_cfg, task, data_path, out_dir, metrics, meta, model) -> 
         "baseline": e.baseline,
         "base_model": model_cfg.base_model,
         "checkpoint": e.checkpoint,
-        "checkpoint_meta": {k: v for k, v in (meta or {}).items() if k != "tensors"} or None,
+        "checkpoint_meta": {k: v for k, v in (meta or {}).items()
+                            if k not in ("tensors", "base_fingerprint")} or None,
         "mem_size": model_cfg.mem_size if is_icae or e.baseline == "truncate" else None,
         "mean_compression_rate": (model_cfg.mean_compression_rate
                                   if is_icae or e.baseline == "truncate" else None),
         "position_layout": model_cfg.position_layout if is_icae else None,
+        "compression_rate_configured": _configured_rate(cfg, model_cfg),
+        "compression_rate_effective": _effective_rate(metrics),
         "num_examples": next(v for k, v, _ in metrics if k == "num_examples"),
         "metrics": {k: v for k, v, _ in metrics},
         "n": {k: c for k, _, c in metrics},
         "units": UNITS,
         "generation": {"decoding": "greedy", "kv_cache": True, "batch_size": e.batch_size,
-                       "max_new_tokens": (e.max_new_tokens if task in ("qa", "repoqa")
+                       "kv_cache_mode": e.decoding, "memory_cache": e.memory_cache,
+                       "incremental_turns": e.incremental_turns if task == "trajectories"
+                       else None,
+                       "max_new_tokens": (max_new_tokens_for(e, task)
+                                          if task in BUDGETED_TASKS
                                           else "reference length + 1")},
         "device": str(model.device),
         "output_dir": str(out_dir),
@@ -428,10 +581,29 @@ def _summary(cfg, model_cfg, task, data_path, out_dir, metrics, meta, model) -> 
     }
 
 
+def _configured_rate(cfg, model_cfg) -> float | None:
+    """``model.mean_compression_rate`` where it sets the budget (ICAE, truncate baseline)."""
+    if model_cfg.model_type == "icae" or cfg.evaluation.baseline == "truncate":
+        return model_cfg.mean_compression_rate
+    return None
+
+
+def _effective_rate(metrics) -> float | None:
+    """The rate measured on the data: all context tokens of the evaluated examples over the
+    decoder positions that stand for them (memory slots, plus the tokens of contexts kept
+    as text). Below the configured rate when contexts are short or stay text."""
+    return next((v for k, v, _ in metrics if k == "compression_rate"), None)
+
+
 def metrics_csv(cfg, model_cfg, task: str, metrics) -> str:
     """Long format; ``mem_size``, ``compression_rate`` and ``position_layout`` describe
     ICAE's configuration and are blank for the LLM (the truncate baseline keeps
-    ``mem_size`` and ``compression_rate``: they set its budget)."""
+    ``mem_size`` and ``compression_rate``: they set its budget).
+
+    ``compression_rate_configured`` repeats the configured rate (same blanks as
+    ``compression_rate``, kept for readers of that column); ``compression_rate_effective``
+    is the rate measured on the evaluated examples (:func:`_effective_rate`; 1.0 for the
+    full-context LLM, blank when no context is kept), on every row of the run."""
     e = cfg.evaluation
     is_icae = model_cfg.model_type == "icae"
     budget = is_icae or e.baseline == "truncate"
@@ -441,6 +613,9 @@ def metrics_csv(cfg, model_cfg, task: str, metrics) -> str:
         "dataset": DATASETS[task][0],
         "mem_size": model_cfg.mem_size if budget else "",
         "compression_rate": model_cfg.mean_compression_rate if budget else "",
+        "compression_rate_configured": model_cfg.mean_compression_rate if budget else "",
+        "compression_rate_effective": ("" if _effective_rate(metrics) is None
+                                       else _effective_rate(metrics)),
         "position_layout": model_cfg.position_layout if is_icae else "",
         "checkpoint": e.checkpoint or "",
     }

@@ -10,11 +10,26 @@ Prompts (``C`` = a :class:`~icae.models.templates.Context` piece):
 ``ae``       ICAE: ``C [AE]`` (the pre-training autoencoding prompt). The plain LLM has no
              [AE] marker, so it gets a chat prompt ``Repeat the following text
              exactly:\\n\\nC`` (:data:`AE_LLM_INSTRUCTION`). Reference: the context itself.
-``qa``       ``qa_messages(question, data.squad.prompt, compressed)`` over context 0.
-``repoqa``   ``repoqa_messages(description, data.repoqa.instruction, compressed)``.
+Every prompt comes from :mod:`icae.models.task_prompts`, the functions training uses,
+with the same rule: the [FT] marker iff the context is compressed, and only markers the
+evaluated checkpoint trained (``evaluation.checkpoint``'s ``trained_markers``; a
+pre-trained-only ICAE gets [LM] where [FT] would be).
+
+``qa``       ``qa_prompt`` over context 0.
+``repoqa``   ``repoqa_prompt``. Scored
+             as evalplus/repoqa's ``compute_score`` does: ``pass@0.8`` requires the needle
+             most similar to the answer, among the repository's needles, to be the target
+             and its similarity to be >= 0.8. The repository's needles are a record's
+             ``repo_needles`` ({name: code}) when present, else the needles of all tasks of
+             the same (language, repo) in the eval file (all of its rows, whatever
+             ``evaluation.num_samples``). ``similarity_pass@0.8`` is the looser
+             ``similarity to the target >= 0.8`` without the best-match condition.
 ``trajectories``
              one example per assistant turn after the first: the prompt is every message
-             before it, where user messages with ``compress: true`` become contexts.
+             before it, where user messages with ``compress: true`` become contexts
+             (``trajectory_turn_prompt``: earlier assistant turns tokenized on their own,
+             exactly as in the training sequence; see
+             :meth:`~icae.models.templates.PromptBuilder.conversation_prompt`).
 
 The plain LLM reads every ``C`` as text. The baselines change only the ``C`` pieces
 (:class:`ContextPolicy`): ``truncate`` keeps the *first* tokens of each context, as many as
@@ -29,10 +44,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from icae.config import max_new_tokens_for
 from icae.data.io import iter_jsonl
-from icae.models import positions as P
-from icae.models.templates import (Context, Piece, compressed_conversation, context_slot,
-                                   qa_messages, repoqa_messages)
+from icae.models.task_prompts import (PromptRule, autoencoding_prompt, qa_prompt,
+                                      repoqa_prompt, trajectory_turn_prompt)
+from icae.models.templates import Context, Piece, context_slot
 from icae.evaluation import metrics as M
 
 AE_LLM_INSTRUCTION = "Repeat the following text exactly:\n\n"
@@ -84,30 +100,62 @@ def load_rows(cfg, task: str) -> tuple[Path, list[dict]]:
 # What the model sees of each context
 
 
-class ContextPolicy:
-    """How many decoder positions stand for a context, and the baseline's edits."""
+def icae_slot_rule(model_cfg) -> tuple[Callable[[int], bool], Callable[[int], int]]:
+    """ICAE's own ``compresses`` and ``num_memory_slots`` for ``model_cfg``, without building
+    an ICAE: the methods of :class:`icae.models.icae.ICAE` are called on a stand-in that
+    has the attributes they read (``cfg``, ``mem_size``, ``rate``, ``layout``), so the
+    truncate baseline and the token accounting follow whatever rule ICAE implements."""
+    from types import SimpleNamespace
 
-    def __init__(self, model_cfg, baseline: str = "none"):
+    from icae.models.icae import ICAE
+
+    proxy = SimpleNamespace(cfg=model_cfg, mem_size=model_cfg.mem_size,
+                            rate=model_cfg.mean_compression_rate,
+                            layout=model_cfg.position_layout,
+                            slot_rule=model_cfg.slot_rule,
+                            min_compress_len=model_cfg.min_compress_len)
+    # ICAE.compresses calls self.num_memory_slots: bind it on the stand-in too.
+    proxy.num_memory_slots = lambda n: ICAE.num_memory_slots(proxy, n)
+    return (lambda n: bool(ICAE.compresses(proxy, n)),
+            lambda n: int(ICAE.num_memory_slots(proxy, n)))
+
+
+class ContextPolicy:
+    """How many decoder positions stand for a context, and the baseline's edits.
+
+    Whether a context is compressed and into how many slots is ICAE's decision
+    (``ICAE.compresses`` / ``ICAE.num_memory_slots``, taken from ``model`` when it is an
+    ICAE, else through :func:`icae_slot_rule`), never a formula of its own."""
+
+    def __init__(self, model_cfg, baseline: str = "none", model=None):
         self.is_icae = model_cfg.model_type == "icae"
         self.mem_size = model_cfg.mem_size
         self.rate = model_cfg.mean_compression_rate
         self.min_len = model_cfg.min_compress_len
         self.slot_rule = model_cfg.slot_rule
         self.baseline = baseline
+        if model is not None and getattr(model, "compresses_contexts", False):
+            self._compresses, self._slots = model.compresses, model.num_memory_slots
+        else:
+            self._compresses, self._slots = icae_slot_rule(model_cfg)
 
     def eligible(self, length: int) -> bool:
-        """ICAE compresses this context (same rule as ``ICAE.compresses``)."""
-        return self.memory_slots(length) > 0
+        """ICAE would compress this context (``ICAE.compresses``)."""
+        return length > 0 and self._compresses(length)
 
     def compresses(self, length: int) -> bool:
         return self.is_icae and self.eligible(length)
 
     def memory_slots(self, length: int) -> int:
         """Slots ICAE uses for a context (``ICAE.num_memory_slots``), 0 if kept as text."""
-        return P.context_slots(length, self.mem_size, self.rate, self.slot_rule, self.min_len)
+        if not self.eligible(length):
+            return 0
+        return self._slots(length)
 
     def visible(self, length: int) -> int:
-        """Decoder positions that stand for a context of ``length`` tokens."""
+        """Decoder positions that stand for a context of ``length`` tokens. The truncate
+        baseline keeps as many tokens as ICAE has slots for that context (all of a context
+        ICAE keeps as text; never more tokens than the context has)."""
         if self.baseline == "no_context":
             return 0
         if self.baseline == "truncate":
@@ -133,7 +181,9 @@ class ContextPolicy:
         mem = sum(self.visible(n) for n in lengths)
         slots = sum(self.memory_slots(n) for n in lengths if self.compresses(n))
         return {"context_tokens": ctx, "memory_tokens": mem, "memory_slots": slots,
-                "compression_rate": _rate(ctx, mem)}
+                "compression_rate": _rate(ctx, mem),
+                "contexts": len(lengths),
+                "contexts_compressed": sum(1 for n in lengths if self.compresses(n))}
 
 
 def _rate(original: int, kept: int) -> float | None:
@@ -158,6 +208,7 @@ class Example:
     teacher_forced: list[Piece] | None = None  # trajectories: prompt + target (labels)
     tf_tokens: int = 0                         # labelled tokens scored teacher-forced
     meta: dict = field(default_factory=dict)   # copied into the predictions row
+    needles: dict[str, str] | None = None      # repoqa: the repository's needles
 
 
 @dataclass
@@ -166,6 +217,16 @@ class TaskContext:
     prompts: Any         # PromptBuilder
     policy: ContextPolicy
     stop_ids: list[int]
+    # repoqa: (language, repo) -> {needle name: needle code}, see :func:`repo_needles`
+    needles: dict | None = None
+    # markers the evaluated checkpoint trained (None: no restriction, e.g. no checkpoint)
+    trained_markers: frozenset[str] | None = None
+
+    @property
+    def rule(self) -> PromptRule:
+        """The prompt rule shared with training: the policy's (= ICAE's) compression
+        decision and the checkpoint's trained markers."""
+        return PromptRule(self.policy.compresses, self.trained_markers)
 
 
 def _finish(ctx: TaskContext, ex: Example) -> Example:
@@ -185,7 +246,7 @@ def build_ae(rows: list[dict], ctx: TaskContext) -> list[Example]:
     for row in rows:
         ids = [int(t) for t in row["context_ids"]]
         if ctx.policy.is_icae:
-            prompt = ctx.prompts.autoencoding_prompt(ids)
+            prompt = autoencoding_prompt(ctx.prompts, ctx.rule, ids)
         else:
             msgs = [{"role": "user", "content": AE_LLM_INSTRUCTION + context_slot(0)}]
             prompt = ctx.prompts.chat(msgs, [ids])
@@ -203,15 +264,12 @@ def build_qa(rows: list[dict], ctx: TaskContext) -> list[Example]:
     for row in rows:
         ids = ctx.prompts.encode(row["context"])
         answers = [str(a) for a in row["answers"]] or [""]
-        if ctx.policy.baseline == "no_context":
-            msgs = [{"role": "user", "content": f"{cfg.data.squad.prompt}{row['question']}"}]
-            prompt = ctx.prompts.chat(msgs)
-        else:
-            msgs = qa_messages(row["question"], cfg.data.squad.prompt,
-                               compressed=ctx.policy.compresses(len(ids)))
-            prompt = ctx.prompts.chat(msgs, [ids])
+        prompt = qa_prompt(ctx.prompts, ctx.rule,
+                           None if ctx.policy.baseline == "no_context" else ids,
+                           row["question"], cfg.data.squad.prompt)
         ex = Example(id=str(row["id"]), prompt=prompt, reference=answers[0],
-                     references=answers, max_new_tokens=cfg.evaluation.max_new_tokens,
+                     references=answers,
+                     max_new_tokens=max_new_tokens_for(cfg.evaluation, "qa"),
                      context_lengths=[len(ids)],
                      meta={"question": row["question"],
                            **({"title": row["title"]} if "title" in row else {})})
@@ -219,19 +277,45 @@ def build_qa(rows: list[dict], ctx: TaskContext) -> list[Example]:
     return out
 
 
+def repo_needles(rows) -> dict[tuple[str, str], dict[str, str]]:
+    """(language, repo) -> {needle name: needle code} over ``rows`` (every task of the eval
+    file), in file order; a row's own ``repo_needles`` mapping, when it has one, is taken
+    as its repository's complete needle list."""
+    out: dict[tuple[str, str], dict[str, str]] = {}
+    given: set[tuple[str, str]] = set()
+    for row in rows:
+        key = (str(row.get("language", "python")), str(row.get("repo", "")))
+        if isinstance(row.get("repo_needles"), dict):
+            if key not in given:
+                out[key] = {str(k): str(v) for k, v in row["repo_needles"].items()}
+                given.add(key)
+            continue
+        if key in given:
+            continue
+        if "needle_code" not in row:
+            continue  # a bad row beyond num_samples; load_rows names those it evaluates
+        name = str(row.get("needle_name", row.get("id")))
+        out.setdefault(key, {}).setdefault(name, row["needle_code"])
+    return out
+
+
 def build_repoqa(rows: list[dict], ctx: TaskContext) -> list[Example]:
     cfg = ctx.cfg
+    needles = ctx.needles if ctx.needles is not None else repo_needles(rows)
     out = []
     for row in rows:
         ids = ctx.prompts.encode(row["context"])
-        msgs = repoqa_messages(row["description"], cfg.data.repoqa.instruction,
-                               compressed=ctx.policy.compresses(len(ids)))
-        prompt = ctx.prompts.chat(msgs, [ids])
+        prompt = repoqa_prompt(ctx.prompts, ctx.rule, ids, row["description"],
+                               cfg.data.repoqa.instruction)
         meta = {k: row[k] for k in ("language", "repo", "needle_name", "position_ratio")
                 if k in row}
+        key = (str(row.get("language", "python")), str(row.get("repo", "")))
+        meta["needle_name"] = str(row.get("needle_name", row.get("id")))
+        repo = dict(needles.get(key) or {})
+        repo.setdefault(meta["needle_name"], row["needle_code"])
         ex = Example(id=str(row["id"]), prompt=prompt, reference=row["needle_code"],
-                     max_new_tokens=cfg.evaluation.max_new_tokens, context_lengths=[len(ids)],
-                     meta=meta)
+                     max_new_tokens=max_new_tokens_for(cfg.evaluation, "repoqa"),
+                     context_lengths=[len(ids)], meta=meta, needles=repo)
         out.append(_finish(ctx, ex))
     return out
 
@@ -259,15 +343,16 @@ def build_trajectories(rows: list[dict], ctx: TaskContext) -> list[Example]:
             raise ValueError(f"trajectory {row['id']!r}: messages must be a list")
         assistant = [i for i, m in enumerate(messages) if m.get("role") == "assistant"]
         for turn, idx in enumerate(assistant[1:][:max_turns], 1):
-            msgs, contexts = compressed_conversation(messages[:idx], ctx.prompts.encode)
             target = messages[idx]["content"]
-            target_ids = ctx.prompts.encode(ctx.prompts.target_text(msgs, target))
+            prompt, contexts = trajectory_turn_prompt(ctx.prompts, messages, idx)
+            teacher_forced, _ = trajectory_turn_prompt(ctx.prompts, messages, idx, target)
+            target_ids = list(teacher_forced[-1].ids)  # the template's rendering of the turn
             ref_ids, stopped = _cut_at_stop(target_ids, stops)
             ex = Example(
-                id=f"{row['id']}#{turn}", prompt=ctx.prompts.chat(msgs, contexts),
+                id=f"{row['id']}#{turn}", prompt=prompt,
                 reference=target, reference_ids=ref_ids, max_new_tokens=len(ref_ids) + 1,
                 context_lengths=[len(c) for c in contexts],
-                teacher_forced=ctx.prompts.chat(msgs, contexts, answer=target),
+                teacher_forced=teacher_forced,
                 tf_tokens=len(ref_ids) + int(stopped),
                 meta={"trajectory_id": str(row["id"]), "turn": turn, "message_index": idx,
                       "num_contexts": len(contexts)})
@@ -297,13 +382,24 @@ def score(task: str, ex: Example, prediction: str, pred_ids: list[int]) -> dict[
                 "f1": M.squad_f1(prediction, ex.references),
                 "bleu1": M.bleu1(ex.reference, prediction)}
     if task == "repoqa":
-        sim = M.repoqa_similarity(prediction, ex.reference, ex.meta.get("language", "python"))
-        return {"similarity": sim, "pass@0.8": float(M.repoqa_pass(sim, 0.8)),
+        lang = ex.meta.get("language", "python")
+        sim = M.repoqa_similarity(prediction, ex.reference, lang)
+        needles = ex.needles or {ex.meta.get("needle_name", ex.id): ex.reference}
+        search = M.repoqa_needle_search(prediction, needles, ex.meta.get("needle_name", ex.id),
+                                        lang, threshold=0.8)
+        return {"similarity": sim,
+                "pass@0.8": float(search["passed"]),  # evalplus/repoqa's definition
+                "similarity_pass@0.8": float(M.repoqa_pass(sim, 0.8)),  # looser
+                "best_needle_match": float(search["is_best_match"]),
                 "bleu1": M.bleu1(ex.reference, prediction)}
     if task == "trajectories":
         return {"ar_bleu1": M.bleu1(ex.reference, prediction),
                 "ar_token_accuracy": M.token_accuracy(pred_ids, ex.reference_ids),
-                "ar_exact_match": M.exact_match(prediction, ex.reference)}
+                "ar_exact_match": M.exact_match(prediction, ex.reference),
+                # the seed's definitions, for comparison with its published numbers
+                "ar_seed_token_accuracy": M.seed_token_accuracy(pred_ids, ex.reference_ids),
+                "ar_seed_exact_match_first_line": M.seed_exact_match_first_line(
+                    prediction, ex.reference)}
     raise ValueError(f"unknown task {task!r}")
 
 

@@ -4,6 +4,7 @@ encoding into padded batches, loss on labelled tokens only, and batched greedy d
 from __future__ import annotations
 
 import time
+import warnings
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
@@ -95,7 +96,13 @@ class LoRAWrappedModel(nn.Module):
         lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
                           lora_dropout=cfg.lora_dropout,
                           target_modules=list(cfg.lora_target_modules), bias="none")
-        self.peft = get_peft_model(base_model, lora, adapter_name=self.adapter_names[0])
+        with warnings.catch_warnings():
+            # peft probes the deprecated `is_gradient_checkpointing` property of
+            # transformers 5 models; the warning is about peft's code, not ours, and would
+            # repeat in every training and evaluation log.
+            warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is "
+                                    "deprecated", category=FutureWarning)
+            self.peft = get_peft_model(base_model, lora, adapter_name=self.adapter_names[0])
         for name in self.adapter_names[1:]:
             self.peft.add_adapter(name, lora)
         self._mark_trainable()
@@ -141,14 +148,26 @@ class LoRAWrappedModel(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.base.get_input_embeddings().weight.dtype
 
-    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None):
-        kwargs = dict(gradient_checkpointing_kwargs or {})
+    def activation_checkpointing_enable(self, activation_checkpointing_kwargs=None,
+                                        every_n_layers: int = 1, offload: bool = False):
+        """What the Trainer calls (transformers 5 name; ``gradient_checkpointing_enable``
+        is its deprecated alias)."""
+        kwargs = dict(activation_checkpointing_kwargs or {})
         kwargs["use_reentrant"] = False
         # The encoder and decoder passes run the same layers with different adapter states;
         # recomputation in the backward pass must see the state of its forward pass.
         kwargs["context_fn"] = self._checkpoint_contexts
-        self.base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        if hasattr(self.base, "activation_checkpointing_enable"):
+            extra = {} if every_n_layers == 1 and not offload else {
+                "every_n_layers": every_n_layers, "offload": offload}
+            self.base.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs,
+                                                      **extra)
+        else:  # transformers releases before the rename
+            self.base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
         self.base.config.use_cache = False
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None, **kwargs):
+        self.activation_checkpointing_enable(gradient_checkpointing_kwargs, **kwargs)
 
     def _checkpoint_contexts(self):
         state = self._adapter_state
@@ -275,20 +294,31 @@ class LoRAWrappedModel(nn.Module):
         return self.loss_from_hidden(hidden, labels, task, num_items_in_batch,
                                      label_index, label_task)
 
+    # Decoding path of generate (see icae.models.decoding): "auto" takes the static
+    # pre-allocated cache with CUDA-graph decode steps on CUDA, the dynamic cache elsewhere.
+    decoding: str = "auto"
+    # Static path only: torch.compile the decode step before capturing it (slow to compile).
+    decode_compile: bool = False
+
     @torch.no_grad()
     def generate(self, prompts: list[list[Piece]], max_new_tokens: int = 64,
-                 use_cache: bool = True, timings: dict | None = None) -> list[list[int]]:
+                 use_cache: bool = True, timings: dict | None = None,
+                 decoding: str | None = None, stop: bool = True) -> list[list[int]]:
         """Greedy answers to prompt pieces. ``timings`` receives ``compress_s`` (building
-        the prompt embeddings: the encoder pass for ICAE) and ``generate_s``."""
+        the prompt embeddings: the encoder pass for ICAE), ``generate_s`` and its parts
+        ``prefill_s`` and ``decode_s``. ``stop=False`` decodes the full budget whatever the
+        tokens (benchmarks on random weights)."""
         encoded = [self.encode(p) for p in prompts]
         batch = {k: v.to(self.device) for k, v in collate(encoded, self.pad_id).items()}
         t0 = time.perf_counter()
         embeds = self.prompt_embeds(**batch)
         _sync(self.device)
         t1 = time.perf_counter()
+        parts: dict = {}
         with self.adapter(self.decoder_adapter):
             out = self.greedy_decode(embeds, batch["attention_mask"], batch["position_ids"],
-                                     max_new_tokens, use_cache)
+                                     max_new_tokens, use_cache, decoding=decoding, stop=stop,
+                                     timings=parts)
         _sync(self.device)
         if timings is not None:
             # Without an encoder there is nothing to compress: embedding the prompt is part
@@ -296,17 +326,45 @@ class LoRAWrappedModel(nn.Module):
             split = t1 if self.compresses_contexts else t0
             timings["compress_s"] = split - t0
             timings["generate_s"] = time.perf_counter() - split
+            if parts:
+                timings["prefill_s"] = parts["prefill_s"] + (t1 - split)
+                timings["decode_s"] = parts["decode_s"]
         return out
+
+    def decoding_mode(self, decoding: str | None, capacity: int, device: torch.device) -> str:
+        """``static`` or ``dynamic`` for a decode of ``capacity`` positions; ``auto`` falls
+        back to dynamic where the static path cannot run, an explicit ``static`` fails."""
+        from icae.models import decoding as D
+
+        asked = decoding or self.decoding
+        mode = D.resolve_mode(asked, device)
+        if mode == "static":
+            reason = D.static_unsupported_reason(self, capacity)
+            if reason:
+                if asked == "static":
+                    raise ValueError(f"decoding=static is not possible here: {reason}")
+                mode = "dynamic"
+        return mode
 
     # -- generation ---------------------------------------------------------------------------
     @torch.no_grad()
     def greedy_decode(self, embeds: torch.Tensor, attention_mask: torch.Tensor,
                       position_ids: torch.Tensor, max_new_tokens: int,
-                      use_cache: bool = True) -> list[list[int]]:
+                      use_cache: bool = True, decoding: str | None = None,
+                      stop: bool = True, timings: dict | None = None) -> list[list[int]]:
         """Greedy decoding from left-padded prompt embeddings; each row stops at its first
-        stop token (EOS or the template's end-of-turn), which is not returned."""
+        stop token (EOS or the template's end-of-turn), which is not returned. With
+        ``use_cache`` the static path (:mod:`icae.models.decoding`) or the dynamic cache
+        below, per :meth:`decoding_mode`; both give the same tokens."""
+        if use_cache and self.decoding_mode(
+                decoding, attention_mask.shape[1] + max_new_tokens, embeds.device) == "static":
+            from icae.models.decoding import static_greedy_decode
+
+            return static_greedy_decode(self, embeds, attention_mask, position_ids,
+                                        max_new_tokens, stop=stop, timings=timings)
+        t_start = time.perf_counter()
         B = embeds.shape[0]
-        stop = torch.tensor(self.stop_ids or [-1], device=embeds.device)
+        stop_t = torch.tensor((self.stop_ids if stop else None) or [-1], device=embeds.device)
         done = torch.zeros(B, dtype=torch.bool, device=embeds.device)
         generated: list[torch.Tensor] = []
         next_pos = position_ids[:, -1] + 1
@@ -320,12 +378,15 @@ class LoRAWrappedModel(nn.Module):
         seq_embeds, seq_pos = embeds, position_ids
         out = self.inner(inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids,
                          use_cache=use_cache, **cache_kw)
+        if timings is not None:
+            _sync(embeds.device)
+        t_prefill = time.perf_counter()
         for _ in range(max_new_tokens):
             logits = self.lm_head(out.last_hidden_state[:, -1]).float()
             token = logits.argmax(-1)
             token = torch.where(done, torch.full_like(token, self.pad_id), token)
             generated.append(token)
-            done = done | torch.isin(token, stop)
+            done = done | torch.isin(token, stop_t)
             if bool(done.all()):
                 break
             new_embed = self.embed_tokens(token[:, None]).to(embeds.dtype)
@@ -339,10 +400,14 @@ class LoRAWrappedModel(nn.Module):
                 out = self.inner(inputs_embeds=seq_embeds, attention_mask=mask,
                                  position_ids=seq_pos, use_cache=False)
             next_pos = next_pos + 1
+        if timings is not None:
+            _sync(embeds.device)
+            timings["prefill_s"] = t_prefill - t_start
+            timings["decode_s"] = time.perf_counter() - t_prefill
         if not generated:
             return [[] for _ in range(B)]
         tokens = torch.stack(generated, dim=1).tolist()
-        stops = set(self.stop_ids)
+        stops = set(self.stop_ids) if stop else set()
         result = []
         for row in tokens:
             cut = next((i for i, t in enumerate(row) if t in stops), len(row))

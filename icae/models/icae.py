@@ -190,6 +190,18 @@ class ICAE(LoRAWrappedModel):
         """Memory vectors of all contexts, concatenated in order: (sum of slots, hidden)."""
         return self.run_encoder(self.encoder_inputs(contexts, starts))
 
+    # A MemoryCache (icae.models.memory_cache) for inference: set, each distinct context is
+    # encoded once and its memory reused by every prompt that holds it.
+    memory_cache = None
+
+    def compress_once(self, contexts: list[list[int]], starts: list[int] | None = None
+                      ) -> torch.Tensor:
+        """:meth:`compress_flat` (``run_encoder(encoder_inputs(...))``) through
+        ``memory_cache`` when one is set (the cache encodes only unseen contexts)."""
+        if self.memory_cache is None:
+            return self.compress_flat(contexts, starts)
+        return self.memory_cache.compress(self, contexts, starts)
+
     def compress(self, contexts: list[list[int]], starts: list[int] | None = None
                  ) -> tuple[torch.Tensor, torch.Tensor]:
         """Memory (contexts, max slots, hidden) and its mask (contexts, max slots)."""
@@ -219,7 +231,7 @@ class ICAE(LoRAWrappedModel):
         lengths = context_lengths.tolist()
         rows = context_ids.tolist()
         contexts = [row[:n] for row, n in zip(rows, lengths)]
-        return self.compress_flat(contexts, context_starts.tolist())
+        return self.compress_once(contexts, context_starts.tolist())
 
     def prompt_embeds(self, input_ids, context_ids=None, context_lengths=None,
                       context_starts=None, encoder=None, **_unused) -> torch.Tensor:

@@ -57,5 +57,14 @@ def load_base_model(cfg: ModelConfig):
             f"cannot load base model {path!r}: {exc}. If this is a Hugging Face hub id, the "
             "hub must be reachable (or prepare the model elsewhere and set model.model_dir)"
         ) from exc
+    except Exception as exc:  # noqa: BLE001 - SafetensorError, JSON errors, ...: corrupt files
+        if not is_local_model_dir(path):
+            raise
+        from icae.prepare_model import verify_weights
+
+        problems = verify_weights(Path(path)) or [f"{type(exc).__name__}: {exc}"]
+        raise ValueError(
+            f"cannot load base model from {path}: {'; '.join(problems)}. Delete {path} and "
+            "run `python -m icae prepare-model` again") from None
     tokenizer = load_tokenizer(path, cfg.revision if path == cfg.base_model else None)
     return model, tokenizer

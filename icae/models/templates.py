@@ -175,11 +175,28 @@ class PromptBuilder:
                                train=True))
         return pieces
 
-    def conversation(self, messages: list[dict], contexts: Sequence[Sequence[int]] = (),
-                     train_roles: tuple[str, ...] = ("assistant",),
-                     first_trained_message: int = 0) -> list[Piece]:
-        """A whole conversation; assistant turns from ``first_trained_message`` on are
-        targets. Each turn's text is the template's own rendering of that turn."""
+    def prefix_stable(self, messages: list[dict],
+                      train_roles: tuple[str, ...] = ("assistant",)) -> bool:
+        """Whether the template renders ``messages`` as one growing string: for every turn
+        of ``train_roles``, the generation prompt before it extends the rendering up to the
+        previous such turn, and the rendering with it extends that prompt. ChatML, Mistral
+        and Llama-3 templates are; Qwen3's is not once there are two assistant turns (it
+        writes the empty ``<think>`` block only on assistant turns after the last user
+        message, so the next user message re-renders the previous turn without it)."""
+        rendered_so_far = ""
+        for i, msg in enumerate(messages):
+            if msg["role"] in train_roles:
+                prompt = self._render(messages[:i], True)
+                full = self._render(messages[: i + 1], False)
+                if not (full.startswith(prompt) and prompt.startswith(rendered_so_far)):
+                    return False
+                rendered_so_far = full
+        return True
+
+    def _turn_pieces(self, messages, contexts, train_roles, first_trained_message):
+        """Pieces up to the end of the last ``train_roles`` turn, each such turn a run of
+        its own (the template's rendering of it as the final turn), and the rendered text
+        they cover; None when the template is not prefix-stable there."""
         pieces: list[Piece] = []
         rendered_so_far = ""
         for i, msg in enumerate(messages):
@@ -187,27 +204,55 @@ class PromptBuilder:
                 prompt = self._render(messages[:i], True)
                 full = self._render(messages[: i + 1], False)
                 if not (full.startswith(prompt) and prompt.startswith(rendered_so_far)):
-                    raise ValueError("chat template is not prefix-stable; cannot split turns")
+                    return None
                 pieces += self._split(prompt[len(rendered_so_far):], contexts)
                 target = self.encode(full[len(prompt):])
                 pieces.append(Text(tuple(target), train=i >= first_trained_message))
                 rendered_so_far = full
+        return pieces, rendered_so_far
+
+    def conversation(self, messages: list[dict], contexts: Sequence[Sequence[int]] = (),
+                     train_roles: tuple[str, ...] = ("assistant",),
+                     first_trained_message: int = 0) -> list[Piece]:
+        """A whole conversation as one sequence; assistant turns from
+        ``first_trained_message`` on are targets. Each assistant turn is tokenized on its
+        own, as the template renders it after the generation prompt, so the sequence up to
+        a target is exactly that turn's :meth:`conversation_prompt`. Only a
+        :meth:`prefix_stable` template allows one sequence; for others (Qwen3) use one
+        sequence per target turn (:func:`icae.models.task_prompts.trajectory_sequences`)."""
+        turns = self._turn_pieces(messages, contexts, train_roles, first_trained_message)
+        if turns is None:
+            raise ValueError(
+                "chat template is not prefix-stable (it re-renders earlier turns when a "
+                "turn is added, as Qwen3's does with <think> blocks): the conversation "
+                "cannot be one sequence; build one sequence per target turn with "
+                "icae.models.task_prompts.trajectory_sequences")
+        pieces, rendered_so_far = turns
         tail = self._render(messages, False)
         if tail.startswith(rendered_so_far) and len(tail) > len(rendered_so_far):
             pieces += self._split(tail[len(rendered_so_far):], contexts)
         return pieces
 
-
-def qa_messages(question: str, prompt: str, compressed: bool) -> list[dict]:
-    """SQuAD-style question over context 0: ``[context][FT] prompt question``."""
-    ft = marker_slot("ft") if compressed else "\n\n"
-    return [{"role": "user", "content": f"{context_slot(0)}{ft}{prompt}{question}"}]
-
-
-def repoqa_messages(description: str, instruction: str, compressed: bool) -> list[dict]:
-    ft = marker_slot("ft") if compressed else ""
-    return [{"role": "user", "content":
-             f"```\n{context_slot(0)}\n```{ft}\n\n{instruction}\n\nDescription:\n{description}"}]
+    def conversation_prompt(self, messages: list[dict], contexts: Sequence[Sequence[int]] = (),
+                            answer: str | None = None,
+                            train_roles: tuple[str, ...] = ("assistant",)) -> list[Piece]:
+        """The generation prompt after ``messages`` (plus ``answer`` as the target), laid
+        out as :meth:`conversation` lays out a whole conversation: earlier assistant turns
+        tokenized on their own, as the model produced them. That is what the model was
+        trained on, and it differs from tokenizing the rendered history in one piece for
+        SentencePiece tokenizers (Mistral starts every run with a word boundary). Where the
+        template re-renders earlier turns (Qwen3) there is no such layout and the prompt
+        is the template's rendering of the history (:meth:`chat`)."""
+        turns = self._turn_pieces(messages, contexts, train_roles, len(messages))
+        prompt = self._render(messages, True)
+        if turns is None or not prompt.startswith(turns[1]):
+            return self.chat(messages, contexts, answer=answer)
+        pieces, rendered_so_far = turns
+        pieces += self._split(prompt[len(rendered_so_far):], contexts)
+        if answer is not None:
+            pieces.append(Text(tuple(self.encode(self.target_text(messages, answer))),
+                               train=True))
+        return pieces
 
 
 def compressed_conversation(messages: list[dict], encode) -> tuple[list[dict], list[list[int]]]:

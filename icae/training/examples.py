@@ -13,8 +13,9 @@ from pathlib import Path
 
 from icae.config import ExperimentConfig
 from icae.models.base import EncodedPrompt
-from icae.models.templates import (Piece, compressed_conversation, qa_messages,
-                                   repoqa_messages)
+from icae.models.task_prompts import (PromptRule, first_target_index, qa_prompt,
+                                      repoqa_answer, repoqa_prompt, trajectory_sequences)
+from icae.models.templates import Piece
 
 log = logging.getLogger(__name__)
 
@@ -31,38 +32,49 @@ def pretrain_pieces(model, rec: dict) -> tuple[list[Piece], int]:
     return model.prompts.language_modelling(rec["context_ids"], rec["continuation_ids"]), TASK_LM
 
 
+# Fine-tuning prompts come from icae.models.task_prompts, the functions evaluation uses; a
+# training run may use every marker (it trains those it uses), so the rule has no marker
+# restriction here.
+
+
 def squad_pieces(model, rec: dict, prompt: str, answer: str | None) -> list[Piece]:
-    ctx = model.prompts.encode(rec["context"])
-    msgs = qa_messages(rec["question"], prompt, compressed=is_icae(model))
-    return model.prompts.chat(msgs, [ctx], answer=answer)
-
-
-def repoqa_answer(rec: dict) -> str:
-    return f"```{rec.get('language', '')}\n{rec['needle_code']}\n```"
+    return qa_prompt(model.prompts, PromptRule.for_model(model),
+                     model.prompts.encode(rec["context"]), rec["question"], prompt, answer)
 
 
 def repoqa_pieces(model, rec: dict, instruction: str, answer: str | None) -> list[Piece]:
-    ctx = model.prompts.encode(rec["context"])
-    msgs = repoqa_messages(rec["description"], instruction, compressed=is_icae(model))
-    return model.prompts.chat(msgs, [ctx], answer=answer)
+    return repoqa_prompt(model.prompts, PromptRule.for_model(model),
+                         model.prompts.encode(rec["context"]), rec["description"],
+                         instruction, answer)
 
 
-def first_target_index(messages: list[dict]) -> int:
-    """Targets are the assistant turns after the first user/assistant exchange."""
-    seen = 0
-    for i, msg in enumerate(messages):
-        if msg["role"] == "assistant":
-            seen += 1
-            if seen == 2:
-                return i
-    return len(messages)
+def trajectory_sequences_of(model, rec: dict, upto: int | None = None) -> list[list[Piece]]:
+    """The training sequences of a trajectory's first ``upto`` messages (one, or one per
+    target turn for templates that re-render earlier turns: see
+    :func:`icae.models.task_prompts.trajectory_sequences`)."""
+    messages = rec["messages"][:upto] if upto else rec["messages"]
+    return trajectory_sequences(model.prompts, messages)
 
 
 def trajectory_pieces(model, rec: dict, upto: int | None = None) -> list[Piece]:
-    messages = rec["messages"][:upto] if upto else rec["messages"]
-    msgs, contexts = compressed_conversation(messages, model.prompts.encode)
-    return model.prompts.conversation(msgs, contexts,
-                                      first_trained_message=first_target_index(messages))
+    """The single training sequence of a trajectory (prefix-stable templates only)."""
+    seqs = trajectory_sequences_of(model, rec, upto)
+    if len(seqs) != 1:
+        raise ValueError("this chat template re-renders earlier turns: the trajectory is "
+                         "one sequence per target turn (use trajectory_sequences_of)")
+    return seqs[0]
+
+
+def markers_in(model, encoded: list[EncodedPrompt]) -> list[str]:
+    """The learned markers that occur in ``encoded`` training examples (their embeddings
+    get gradients in this run); empty for the plain LLM, which has none."""
+    ids = getattr(model, "marker_ids", None)
+    if not ids:
+        return []
+    seen = set()
+    for enc in encoded:
+        seen.update(enc.input_ids)
+    return sorted(kind for kind, token in ids.items() if token in seen)
 
 
 @dataclass
@@ -114,14 +126,30 @@ def encode_records(model, cfg: ExperimentConfig, dataset: str, records: list[dic
             enc = model.encode(repoqa_pieces(model, rec, cfg.data.repoqa.instruction,
                                              repoqa_answer(rec)))
         elif dataset == "trajectories":
-            upto = len(rec["messages"])
-            enc = model.encode(trajectory_pieces(model, rec, upto))
-            # Drop whole trailing turns rather than cut through an observation's memory.
-            while len(enc.input_ids) > max_length and upto > 4:
-                upto -= 2
-                enc = model.encode(trajectory_pieces(model, rec, upto))
-            if upto < len(rec["messages"]):
-                stats.truncated += 1
+            seqs = [model.encode(p) for p in trajectory_sequences_of(model, rec)]
+            if len(seqs) == 1:
+                upto = len(rec["messages"])
+                enc = seqs[0]
+                # Drop whole trailing turns rather than cut through an observation's memory.
+                while len(enc.input_ids) > max_length and upto > 4:
+                    upto -= 2
+                    enc = model.encode(trajectory_pieces(model, rec, upto))
+                if upto < len(rec["messages"]):
+                    stats.truncated += 1
+            else:
+                # One sequence per target turn, each longer than the one before: keep those
+                # that fit whole (a cut would drop the target at their end).
+                fitting = [e for e in seqs if len(e.input_ids) <= max_length]
+                if len(fitting) < len(seqs):
+                    stats.truncated += 1
+                for e in fitting[:-1]:
+                    if e.num_target_tokens:
+                        out.append(e)
+                        stats.examples += 1
+                if not fitting:
+                    stats.skip("first target turn does not fit max_length")
+                    continue
+                enc = fitting[-1]
         else:
             raise ValueError(f"unknown data set {dataset!r}")
         if enc.num_target_tokens == 0:

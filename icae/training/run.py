@@ -1,14 +1,21 @@
-"""``pretrain`` and ``finetune`` commands."""
+"""``pretrain`` and ``finetune`` commands.
+
+Each checkpoint records ``trained_markers``: the learned markers that occur in its training
+examples, plus (fine-tuning) those its ``init_checkpoint`` had trained. Evaluation uses it
+to keep untrained marker embeddings out of prompts (:mod:`icae.models.task_prompts`).
+"""
 
 from __future__ import annotations
 
 import logging
 import random
+from contextlib import contextmanager
 from pathlib import Path
 
 from icae.config import ExperimentConfig, TrainingConfig, dump_config
 from icae.models import build_model
-from icae.training.examples import encode_records, load_records
+from icae.training.examples import encode_records, load_records, markers_in
+from icae.training.resume import ResumePolicy, tracked_config
 from icae.training.trainer import train
 from icae.utils import seed_everything
 
@@ -19,6 +26,12 @@ def _dirs(cfg: ExperimentConfig, t: TrainingConfig, default_name: str) -> tuple[
     out = Path(t.output_dir) if t.output_dir else cfg.run_dir / default_name
     resume = Path(t.resume_dir) if t.resume_dir else out.with_name(out.name + ".resume")
     return out, resume
+
+
+def _policy(cfg: ExperimentConfig, stage: str, model, args) -> ResumePolicy:
+    return ResumePolicy(run_config=tracked_config(cfg, stage, model),
+                        resume_from=getattr(args, "resume_from", None),
+                        fresh=bool(getattr(args, "fresh", False)), stage=stage)
 
 
 def _build(cfg: ExperimentConfig, dataset: str, t: TrainingConfig, model):
@@ -92,10 +105,16 @@ def pretrain(cfg: ExperimentConfig, args=None) -> dict:
         rng = random.Random(cfg.seed)
         ae_contexts = [r["context_ids"] for r in
                        rng.sample(records, min(t.ae_bleu_samples, len(records)))]
+    # Fresh spans are encoded when read: one example per objective shows their markers.
+    marker_examples = (train_set.representatives() if hasattr(train_set, "representatives")
+                       else train_set)
     out, resume = _dirs(cfg, t, "pretrain")
-    return train(model, train_set, eval_set, t, output_dir=out, resume_dir=resume,
-                 seed=cfg.seed, config_text=dump_config(cfg), ae_contexts=ae_contexts,
-                 extra_meta={"stage": "pretrain", "examples": stats.examples})
+    with _tracked(cfg, "pretrain", resume):
+        return train(model, train_set, eval_set, t, output_dir=out, resume_dir=resume,
+                     seed=cfg.seed, config_text=dump_config(cfg), ae_contexts=ae_contexts,
+                     extra_meta={"stage": "pretrain", "examples": stats.examples,
+                                 "trained_markers": markers_in(model, marker_examples)},
+                     resume_policy=_policy(cfg, "pretrain", model, args))
 
 
 def finetune(cfg: ExperimentConfig, args=None) -> dict:
@@ -105,10 +124,39 @@ def finetune(cfg: ExperimentConfig, args=None) -> dict:
         log.info("llm baseline: starting from %s", t.init_checkpoint)
     if t.init_checkpoint and not Path(t.init_checkpoint).is_dir():
         raise FileNotFoundError(f"finetune.init_checkpoint={t.init_checkpoint!r} does not exist")
+    if t.init_checkpoint:
+        from icae.models.checkpoint import check_settings, read_meta
+
+        check_settings(read_meta(t.init_checkpoint), cfg.model, t.init_checkpoint)
     model = build_model(cfg.model, checkpoint=t.init_checkpoint)
     train_set, eval_set, stats = _build(cfg, t.dataset, t, model)
     out, resume = _dirs(cfg, t, f"finetune-{t.dataset}-{cfg.model.model_type}")
-    return train(model, train_set, eval_set, t, output_dir=out, resume_dir=resume,
-                 seed=cfg.seed, config_text=dump_config(cfg),
-                 extra_meta={"stage": "finetune", "dataset": t.dataset,
-                             "init_checkpoint": t.init_checkpoint, "examples": stats.examples})
+    markers = set(markers_in(model, train_set))
+    if t.init_checkpoint and cfg.model.model_type == "icae":
+        from icae.models.checkpoint import read_meta, trained_markers
+
+        markers |= trained_markers(read_meta(t.init_checkpoint), t.init_checkpoint)
+    with _tracked(cfg, "finetune", resume):
+        return train(model, train_set, eval_set, t, output_dir=out, resume_dir=resume,
+                     seed=cfg.seed, config_text=dump_config(cfg),
+                     extra_meta={"stage": "finetune", "dataset": t.dataset,
+                                 "init_checkpoint": t.init_checkpoint,
+                                 "examples": stats.examples,
+                                 "trained_markers": sorted(markers)},
+                     resume_policy=_policy(cfg, "finetune", model, args))
+
+
+@contextmanager
+def _tracked(cfg: ExperimentConfig, stage: str, resume: Path):
+    """The job's wandb run (icae.training.tracking) around training, when asked for."""
+    from icae.training.tracking import start_run
+
+    run = start_run(cfg, stage, resume)
+    try:
+        yield run
+    except BaseException:
+        if run is not None:
+            run.finish(exit_code=1)  # marked failed; a retried job resumes the same run
+        raise
+    if run is not None:
+        run.finish()

@@ -84,6 +84,31 @@ class PretrainSpans(Dataset):
         start = rng.randint(0, n_doc - span)
         return "ae", self.docs.slice(doc, start, start + span), []
 
+    def objectives(self) -> list[str]:
+        """The objectives some example of this dataset can have: AE always; LM when an
+        index past the AE-only warm-up has a positive LM share and some document holds a
+        span plus its target."""
+        pcfg = self.pcfg
+        out = ["ae"]
+        last = self.num_examples - 1
+        if last >= 0 and lm_share(last, pcfg) > 0:
+            need = self.lo + (pcfg.lm_target_len or self.lo)
+            if int(np.diff(self.docs.offsets)[self.usable].max()) >= need:
+                out.append("lm")
+        return out
+
+    def representatives(self) -> list:
+        """One encoded example per objective in :meth:`objectives` (built from the
+        longest document), e.g. to see which markers training will use without
+        encoding every example."""
+        doc = int(self.usable[np.argmax(np.diff(self.docs.offsets)[self.usable])])
+        ctx = self.docs.slice(doc, 0, self.lo)
+        out = [self.encode("ae", ctx, [])]
+        if "lm" in self.objectives():
+            target = self.pcfg.lm_target_len or self.lo
+            out.append(self.encode("lm", ctx, self.docs.slice(doc, self.lo, self.lo + target)))
+        return out
+
     def __getitem__(self, index: int):
         if not 0 <= index < self.num_examples:
             raise IndexError(index)

@@ -4,8 +4,10 @@ What the subclass changes and why:
 - periodic checkpoints hold only the trained parameters (LoRA + learned embeddings), plus
   the Trainer's optimizer / scheduler / RNG state, so resuming is exact and cheap;
 - AE / LM / fine-tuning losses and trained-token counts are logged separately;
-- a non-finite loss stops the run with a clear message, before the optimizer step, so the
-  last periodic checkpoint stays the last good one;
+- a non-finite loss or gradient stops the run with a clear message, before the optimizer
+  step, and saves the state at that moment (all finite) to resume from with lower
+  settings; periodic checkpoints are marked complete and a resume never takes an
+  incomplete one or the state of another config (``icae/training/resume.py``);
 - every logged step is also written to ``log.csv`` / ``log.jsonl`` (always, whatever
   ``report_to`` says).
 """
@@ -17,7 +19,6 @@ import io
 import json
 import logging
 import math
-import os
 import sys
 from pathlib import Path
 
@@ -26,12 +27,17 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from icae.config import TrainingConfig
 from icae.models.checkpoint import load_checkpoint, save_checkpoint
+from icae.training import resume as resume_mod
 from icae.utils import atomic_write_text
 
 log = logging.getLogger(__name__)
 
 
 class NonFiniteLossError(RuntimeError):
+    pass
+
+
+class NonFiniteGradientError(NonFiniteLossError):
     pass
 
 
@@ -48,6 +54,7 @@ class ICAETrainer(Trainer):
         # Device tensors summed over the steps since the last log: reading them every step
         # would synchronise host and device each time.
         self._aux: dict[str, torch.Tensor] = {}
+        self._refresh_optimizer = False  # resume.py: apply the current optimiser settings
 
     def _get_train_sampler(self, *args, **kwargs):
         # Datasets that fix their own (seeded, shuffled) order, such as the pre-training
@@ -79,13 +86,12 @@ class ICAETrainer(Trainer):
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True,
                                              num_items_in_batch=num_items_in_batch)
         # The one host-device synchronisation per step: a non-finite loss must stop the
-        # run before the optimizer applies it.
+        # run before the optimizer applies it (training), or name the evaluation loss.
         if not bool(torch.isfinite(loss.detach()).all()):
-            raise NonFiniteLossError(
-                f"non-finite training loss ({loss.item()}) at step {self.state.global_step}; "
-                "stopping. The last periodic checkpoint in "
-                f"{self.args.output_dir} is the last good one (lower the learning rate or "
-                "check the data, then resume)")
+            saved = resume_mod.save_before_nonfinite(self, "loss") if model.training else None
+            raise NonFiniteLossError(resume_mod.nonfinite_message(
+                "training loss" if model.training else "evaluation loss", loss.item(),
+                self.state.global_step, saved, self._stage))
         if model.training:
             for key in ("ae", "lm", "ft"):
                 if f"{key}_loss_sum" in outputs:
@@ -97,6 +103,27 @@ class ICAETrainer(Trainer):
     def _add(self, key: str, value: torch.Tensor) -> None:
         value = value.detach().double()
         self._aux[key] = self._aux[key] + value if key in self._aux else value
+
+    _stage = "pretrain"
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        # Before the optimizer step: a non-finite gradient would make every weight NaN.
+        if self.accelerator.sync_gradients and resume_mod.nonfinite_gradients(self.model):
+            saved = resume_mod.save_before_nonfinite(self, "gradient")
+            raise NonFiniteGradientError(resume_mod.nonfinite_message(
+                "gradient", "inf/nan", self.state.global_step, saved, self._stage))
+        return loss
+
+    def _save_checkpoint(self, model, trial) -> None:
+        resume_mod.save_complete_checkpoint(self, super()._save_checkpoint, model, trial)
+
+    def _load_optimizer_and_scheduler(self, checkpoint) -> None:
+        fresh = (resume_mod.fresh_hyperparameters(self.optimizer)
+                 if checkpoint and self._refresh_optimizer else None)
+        super()._load_optimizer_and_scheduler(checkpoint)
+        if fresh is not None:
+            resume_mod.apply_hyperparameters(self, fresh)
 
     def log(self, logs: dict, *args, **kwargs) -> None:
         if "loss" in logs:  # a training log: add the separate losses since the last one
@@ -121,15 +148,9 @@ class ICAETrainer(Trainer):
         output_dir = output_dir or self.args.output_dir
         if not self.args.should_save:
             return
-        from safetensors.torch import save_file
+        from icae.models.checkpoint import write_trained
 
-        from icae.models.checkpoint import META, WEIGHTS, describe
-
-        os.makedirs(output_dir, exist_ok=True)
-        state = {n: t.detach().cpu().contiguous()
-                 for n, t in self.model.trainable_state_dict().items()}
-        save_file(state, os.path.join(output_dir, WEIGHTS))
-        Path(output_dir, META).write_text(json.dumps(describe(self.model), indent=2))
+        write_trained(self.model, output_dir)
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None) -> None:
         load_checkpoint(model or self.model, resume_from_checkpoint)
@@ -185,6 +206,12 @@ class LogFileCallback(TrainerCallback):
     def __init__(self, folder: Path, quiet_lines: bool):
         self.folder = Path(folder)
         self.quiet_lines = quiet_lines
+        self._clock = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        from icae.progress import StepClock
+
+        self._clock = StepClock(state.global_step, state.max_steps)  # resumed: from here
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero:
@@ -193,8 +220,9 @@ class LogFileCallback(TrainerCallback):
         if self.quiet_lines and logs:
             parts = [f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                      for k, v in logs.items()]
-            print(f"[step {state.global_step}/{state.max_steps}] " + " ".join(parts),
-                  file=sys.stderr, flush=True)
+            timing = self._clock.line(state.global_step, logs) if self._clock else ""
+            print(f"[step {state.global_step}/{state.max_steps}] " + " ".join(parts)
+                  + (f" | {timing}" if timing else ""), file=sys.stderr, flush=True)
 
 
 def write_log_files(history: list[dict], folder: Path) -> None:
@@ -241,6 +269,17 @@ class AEBleuCallback(TrainerCallback):
         state.log_history.append({"eval_ae_bleu1": value, "step": state.global_step})
 
 
+def _checkpointing_args(enabled: bool) -> dict:
+    """transformers 5 renamed gradient_checkpointing* to activation_checkpointing*; the old
+    names still work but warn in every training log."""
+    import dataclasses
+
+    names = {f.name for f in dataclasses.fields(TrainingArguments)}
+    prefix = ("activation_checkpointing" if "activation_checkpointing" in names
+              else "gradient_checkpointing")
+    return {prefix: enabled, f"{prefix}_kwargs": {"use_reentrant": False}}
+
+
 def training_arguments(t: TrainingConfig, resume_dir: Path, seed: int, has_eval: bool
                        ) -> TrainingArguments:
     interactive = t.progress and sys.stderr.isatty()
@@ -261,8 +300,7 @@ def training_arguments(t: TrainingConfig, resume_dir: Path, seed: int, has_eval:
         # Its per-step isnan check would synchronise host and device every step; our
         # compute_loss stops on a non-finite loss anyway.
         logging_nan_inf_filter=False,
-        gradient_checkpointing=t.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False},
+        **_checkpointing_args(t.gradient_checkpointing),
         logging_steps=t.logging_steps,
         logging_first_step=True,
         eval_strategy="steps" if (has_eval and t.eval_steps) else "no",
@@ -283,18 +321,16 @@ def training_arguments(t: TrainingConfig, resume_dir: Path, seed: int, has_eval:
 
 
 def last_checkpoint(resume_dir: Path) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
-
-    if not resume_dir.is_dir():
-        return None
-    return get_last_checkpoint(str(resume_dir))
+    return resume_mod.last_complete_checkpoint(resume_dir)
 
 
 def train(model, train_examples, eval_examples, t: TrainingConfig, *, output_dir: Path,
           resume_dir: Path, seed: int, config_text: str, ae_contexts=None,
-          extra_meta: dict | None = None, stop_after_steps: int | None = None) -> dict:
+          extra_meta: dict | None = None, stop_after_steps: int | None = None,
+          resume_policy: resume_mod.ResumePolicy | None = None) -> dict:
     """Train, resuming from ``resume_dir`` when it holds a checkpoint; write the final
     checkpoint (trained parameters + config + logs) atomically to ``output_dir``."""
+    decision = resume_mod.decide(resume_dir, output_dir, resume_policy)
     resume_dir.mkdir(parents=True, exist_ok=True)
     args = training_arguments(t, resume_dir, seed, bool(eval_examples))
     callbacks = [LogFileCallback(resume_dir, quiet_lines=not (t.progress and sys.stderr.isatty()))]
@@ -318,10 +354,15 @@ def train(model, train_examples, eval_examples, t: TrainingConfig, *, output_dir
         from transformers.trainer_callback import PrinterCallback
 
         trainer.remove_callback(PrinterCallback)
-    resume = last_checkpoint(resume_dir)
+    trainer._refresh_optimizer, trainer._stage = decision.refresh_optimizer, getattr(
+        resume_policy, "stage", "pretrain")
+    resume = decision.checkpoint
     if resume:
         log.info("resuming from %s", resume)
-    result = trainer.train(resume_from_checkpoint=resume)
+    if resume_mod.reached_max_steps(resume, args.max_steps):
+        result = resume_mod.restore_finished(trainer, model, resume)
+    else:
+        result = trainer.train(resume_from_checkpoint=resume)
     if stop_after_steps is not None and trainer.state.global_step < (
             args.max_steps if args.max_steps > 0 else math.inf):
         return {"interrupted_at": trainer.state.global_step}
@@ -339,6 +380,9 @@ def train(model, train_examples, eval_examples, t: TrainingConfig, *, output_dir
         meta["peak_gpu_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2 ** 30, 2)
         meta["gpu"] = torch.cuda.get_device_name()
     meta.update(extra_meta or {})
+    if resume_policy is not None and resume_policy.run_config is not None:
+        meta["run_config"] = resume_policy.run_config
+        meta["resumed_with_changes"] = [[k, a, b] for k, a, b in decision.changed]
     log.info("trained %d steps (%d examples) in %.0f s: %.1f examples/s%s",
              meta["global_step"], meta["examples_seen"], meta["train_runtime_s"] or 0,
              meta["train_samples_per_second"] or 0,

@@ -13,14 +13,13 @@ rule aggregate:
             caption="../report/metrics_wide.rst",
             category="Tables",
         ),
-        markdown=report(
-            f"{TABLES_DIR}/metrics_wide.md",
-            caption="../report/metrics_wide.rst",
-            category="Tables",
-        ),
-        latex=report(
-            f"{TABLES_DIR}/metrics_wide.tex",
-            caption="../report/metrics_wide.rst",
+        tables=report(
+            expand(
+                f"{TABLES_DIR}/{{name}}.{{ext}}",
+                name=paper_table_names(),
+                ext=["tex", "md", "csv"],
+            ),
+            caption="../report/tables.rst",
             category="Tables",
         ),
         plots=report(
@@ -35,7 +34,8 @@ rule aggregate:
         f"{BENCH_DIR}/aggregate.tsv"
     localrule: is_local("aggregate")
     conda:
-        "../envs/icae.yaml"
+        "../../envs/icae.yaml"
+    threads: threads("aggregate")
     params:
         tracked=tracked("aggregate"),
         icae=icae_command("aggregate"),

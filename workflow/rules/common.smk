@@ -21,6 +21,7 @@ Nothing here defines a rule.
 """
 
 import copy
+import difflib
 import hashlib
 import itertools
 import json
@@ -141,6 +142,42 @@ def coerce_to_schema(value, schema, root):
     return value
 
 
+def check_config_keys(value, schema, root, prefix="config"):
+    """Unknown keys fail with the key's dotted name and a "did you mean" (as icae's CLI),
+    not with the schema dump of a failed JSON-schema validation."""
+    schema = _schema_at(root, schema)
+    for sub in schema.get("allOf", []):
+        check_config_keys(value, sub, root, prefix)
+    if not isinstance(value, dict) or "properties" not in schema:
+        return
+    props = schema["properties"]
+    for key, sub in value.items():
+        name = f"{key}" if prefix == "config" else f"{prefix}.{key}"
+        if key not in props:
+            if schema.get("additionalProperties", True) is False:
+                close = difflib.get_close_matches(str(key), list(props), n=1)
+                hint = f"; did you mean '{close[0]}'?" if close else ""
+                raise WorkflowError(f"invalid config: {name}: unknown key{hint}")
+            continue
+        check_config_keys(sub, props[key], root, name)
+        items = _schema_at(root, props[key]).get("items")
+        if isinstance(sub, list) and isinstance(items, dict):
+            for i, item in enumerate(sub):
+                check_config_keys(item, items, root, f"{name}[{i}]")
+
+
+def first_schema_error(value, schema):
+    """One line for the first JSON-schema violation: the dotted key and what is wrong."""
+    import jsonschema
+
+    cls = jsonschema.validators.validator_for(schema)
+    error = jsonschema.exceptions.best_match(cls(schema).iter_errors(value))
+    if error is None:
+        return None
+    key = ".".join(str(p) for p in error.absolute_path) or "config"
+    return f"invalid config: {key}: {error.message}"
+
+
 def resolve_experiment(data, where):
     """Run icae's own config checks; return all non-workflow sections with defaults."""
     try:
@@ -169,7 +206,11 @@ def fmt_rate(rate):
 
 _SCHEMA = yaml.safe_load(SCHEMA_PATH.read_text(encoding="utf-8"))
 coerce_to_schema(config, _SCHEMA, _SCHEMA)
-validate(config, "../schemas/config.schema.yaml")
+check_config_keys(config, _SCHEMA, _SCHEMA)
+_error = first_schema_error(config, _SCHEMA)
+if _error:
+    raise WorkflowError(_error)
+validate(config, "../schemas/config.schema.yaml")  # fills in the defaults
 
 WF = config["workflow"]
 EXP = resolve_experiment({k: v for k, v in config.items() if k != "workflow"}, "config")
@@ -364,6 +405,12 @@ def metrics_files():
     return [f"{eval_dir(b, v, t)}/metrics.csv" for b, v, t in EVALUATIONS]
 
 
+def paper_table_names():
+    """The aggregate step's tables: one per evaluated task, then the summary."""
+    tasks = list(dict.fromkeys(t for _, _, t in EVALUATIONS))
+    return tasks + ["summary"] if tasks else []
+
+
 def training_logs():
     logs = []
     for b in branches("icae"):
@@ -463,6 +510,9 @@ def job_pretrain(branch):
         "seed": cfg["seed"],
     }
     lineage = {"pretrain": tracked, "upstream": job_prepare_data("pretrain")[1]}
+    # The job's resume check ignores what this workflow ignores (its work folder is
+    # already named by the hash of everything else).
+    cfg["workflow"] = {"untracked_keys": sorted(UNTRACKED)}
     cfg["pretrain"]["output_dir"] = out
     cfg["pretrain"][
         "resume_dir"
@@ -485,6 +535,7 @@ def job_finetune(branch, dataset, model_type):
     if model_type == "icae":
         upstream.append(job_pretrain(branch)[1])
     lineage = {"finetune": tracked, "upstream": upstream}
+    cfg["workflow"] = {"untracked_keys": sorted(UNTRACKED)}
     ft["output_dir"] = finetune_dir(branch, dataset, model_type)
     ft["resume_dir"] = (
         f"{WORK_DIR}/{branch}/finetune-{dataset}-{model_type}-{short_hash(canonical(lineage))}"
@@ -593,15 +644,55 @@ def icae_command(step):
     """params.icae: ``env PYTHONPATH=<checkout> K=V ... <python|launcher> -m icae`` (not
     tracked). The checkout holding this workflow comes first on PYTHONPATH, so jobs run
     its icae code with any interpreter (the .venv, a --sdm conda environment)."""
-    pythonpath = shlex.quote(str(REPO_ROOT)) + "${PYTHONPATH:+:$PYTHONPATH}"
-    env = [f"PYTHONPATH={pythonpath}"]
-    env += [f"{k}={shlex.quote(str(v))}" for k, v in WF["env"].items()]
-    gpus = WF["gpu"].get(step, 0)
-    if step in ("pretrain", "finetune") and gpus > 1:
-        launcher = WF["multi_gpu_launcher"].format(gpu=gpus)
+
+    def get(wildcards):
+        pythonpath = shlex.quote(str(REPO_ROOT)) + "${PYTHONPATH:+:$PYTHONPATH}"
+        env = [f"PYTHONPATH={pythonpath}"]
+        env += [f"{k}={shlex.quote(str(v))}" for k, v in tracking_env(step, wildcards)]
+        env += [f"{k}={shlex.quote(str(v))}" for k, v in WF["env"].items()]
+        gpus = WF["gpu"].get(step, 0)
+        if step in ("pretrain", "finetune") and gpus > 1:
+            launcher = WF["multi_gpu_launcher"].format(gpu=gpus)
+            # Snakemake sets OMP_NUM_THREADS to the job's threads; each of the launcher's
+            # processes gets its share, so the job uses the CPUs it asked for.
+            share = f"$(( ${{OMP_NUM_THREADS:-{gpus}}} / {gpus} ))"
+            env.append(f"OMP_NUM_THREADS=$(( {share} > 0 ? {share} : 1 ))")
+        else:
+            launcher = shlex.quote(WF["python"])
+        placement = []
+        if gpus > 0:
+            # Snakemake's gpu resource only counts GPUs; icae.placement picks free devices
+            # (lock files) and sets CUDA_VISIBLE_DEVICES, so parallel jobs do not all use
+            # cuda:0. It needs only the standard library, so Snakemake's own interpreter
+            # runs it whatever workflow.python is.
+            placement = [shlex.quote(sys.executable), "-m", "icae.placement"]
+            placement += ["--gpus", str(gpus), "--"]
+        return Untracked(" ".join(["env", *env, *placement, launcher, "-m", "icae"]))
+
+    return get
+
+
+def tracking_env(step, wildcards):
+    """Run name, group, job type and tags of a training job's wandb run
+    (icae.training.tracking reads them; used only with report_to: [wandb])."""
+    if step not in ("pretrain", "finetune"):
+        return []
+    branch = wildcards.branch
+    b = BRANCHES[branch]
+    if step == "pretrain":
+        job, tags = "pretrain", ["pretrain", "icae"]
     else:
-        launcher = shlex.quote(WF["python"])
-    return Untracked(" ".join(["env", *env, launcher, "-m", "icae"]))
+        job = f"finetune-{wildcards.dataset}-{wildcards.model_type}"
+        tags = ["finetune", wildcards.model_type, wildcards.dataset]
+    tags.append(branch)
+    if b["layout"] is not None:
+        tags += [f"mem{b['mem_size']}", f"rate{fmt_rate(b['rate'])}", b["layout"]]
+    return [
+        ("ICAE_WANDB_NAME", f"{EXP['run_name']}/{branch}/{job}"),
+        ("ICAE_WANDB_GROUP", f"{EXP['run_name']}/{branch}"),
+        ("ICAE_WANDB_JOB_TYPE", step),
+        ("ICAE_WANDB_TAGS", ",".join(tags)),
+    ]
 
 
 def cleanup(step):
@@ -623,6 +714,14 @@ def is_local(name):
 
 def gpus(step):
     return WF["gpu"][step]
+
+
+def threads(step):
+    """CPU threads of a job (``workflow.threads``). Snakemake sets OMP_NUM_THREADS and
+    friends to it (1 when a rule declares none), caps it at ``--cores`` locally, and the
+    SLURM plugin requests it as ``--cpus-per-task``: what is asked for is what is used.
+    """
+    return WF["threads"][step]
 
 
 def branch_regex(*kinds):

@@ -10,7 +10,8 @@ rule evaluate:
     benchmark:
         f"{BENCH_DIR}/{{branch}}/eval-{{variant}}-{{task}}.tsv"
     conda:
-        "../envs/icae.yaml"
+        "../../envs/icae.yaml"
+    threads: threads("evaluate")
     resources:
         gpu=gpus("evaluate"),
     params:

@@ -7,7 +7,8 @@ rule prepare_model:
         f"{BENCH_DIR}/prepare_model.tsv"
     localrule: is_local("prepare_model")
     conda:
-        "../envs/icae.yaml"
+        "../../envs/icae.yaml"
+    threads: threads("prepare_model")
     params:
         tracked=tracked("prepare_model"),
         icae=icae_command("prepare_model"),
@@ -30,7 +31,8 @@ rule prepare_data:
         f"{BENCH_DIR}/prepare_data/{{dataset}}.tsv"
     localrule: is_local("prepare_data")
     conda:
-        "../envs/icae.yaml"
+        "../../envs/icae.yaml"
+    threads: threads("prepare_data")
     params:
         tracked=tracked("prepare_data"),
         icae=icae_command("prepare_data"),

@@ -10,7 +10,8 @@ rule pretrain:
     benchmark:
         f"{BENCH_DIR}/{{branch}}/pretrain.tsv"
     conda:
-        "../envs/icae.yaml"
+        "../../envs/icae.yaml"
+    threads: threads("pretrain")
     resources:
         gpu=gpus("pretrain"),
     params:
@@ -32,7 +33,8 @@ rule finetune:
     benchmark:
         f"{BENCH_DIR}/{{branch}}/finetune-{{dataset}}-{{model_type}}.tsv"
     conda:
-        "../envs/icae.yaml"
+        "../../envs/icae.yaml"
+    threads: threads("finetune")
     resources:
         gpu=gpus("finetune"),
     params:

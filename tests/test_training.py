@@ -214,3 +214,19 @@ def test_training_log_has_no_deprecation_warnings_with_checkpointing(workdir, tm
     assert "\r" not in err
     first = next(line for line in err.splitlines() if line.startswith("[step 1/2]"))
     assert "elapsed " in first and "steps/s" in first and "tok/s" in first and "ETA " in first
+
+
+def test_training_takes_cudnn_out_of_sdpa_on_cuda(monkeypatch):
+    # pytorch/pytorch#196678: cuDNN's SDPA backward returns NaN query gradients for padded
+    # batches on Hopper; training must not use it.
+    import torch
+
+    from icae.training.trainer import avoid_cudnn_attention_backward
+
+    calls = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.backends.cuda, "enable_cudnn_sdp", lambda on: calls.append(on))
+    assert avoid_cudnn_attention_backward() is True
+    assert calls == [False]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert avoid_cudnn_attention_backward() is False and calls == [False]

@@ -324,6 +324,22 @@ def last_checkpoint(resume_dir: Path) -> str | None:
     return resume_mod.last_complete_checkpoint(resume_dir)
 
 
+def avoid_cudnn_attention_backward() -> bool:
+    """Take cuDNN out of SDPA's backends for training on CUDA.
+
+    Since torch 2.11 cuDNN is SDPA's default backend on Hopper, and its backward returns
+    NaN query gradients when an attention mask is passed and the sequence length is 64
+    modulo 128 with a query row whose logsumexp is very negative, as a fully masked
+    padding row is (pytorch/pytorch#196678, huggingface/trl#7181). Our padded batches have
+    such rows: on an H200 (torch 2.11, 2026-12-01) SmolLM2 fine-tuning and pre-training
+    runs stopped on a NaN loss after 7 to 145 steps. Flash / memory-efficient attention
+    take over at about the same speed. Returns whether anything was changed."""
+    if not torch.cuda.is_available():
+        return False
+    torch.backends.cuda.enable_cudnn_sdp(False)
+    return True
+
+
 def train(model, train_examples, eval_examples, t: TrainingConfig, *, output_dir: Path,
           resume_dir: Path, seed: int, config_text: str, ae_contexts=None,
           extra_meta: dict | None = None, stop_after_steps: int | None = None,
@@ -331,6 +347,7 @@ def train(model, train_examples, eval_examples, t: TrainingConfig, *, output_dir
     """Train, resuming from ``resume_dir`` when it holds a checkpoint; write the final
     checkpoint (trained parameters + config + logs) atomically to ``output_dir``."""
     decision = resume_mod.decide(resume_dir, output_dir, resume_policy)
+    avoid_cudnn_attention_backward()
     resume_dir.mkdir(parents=True, exist_ok=True)
     args = training_arguments(t, resume_dir, seed, bool(eval_examples))
     callbacks = [LogFileCallback(resume_dir, quiet_lines=not (t.progress and sys.stderr.isatty()))]

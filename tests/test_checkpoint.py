@@ -227,3 +227,14 @@ def test_export_merged_plain_llm(tmp_path, capsys):
         main(argv[:-4] + ["--checkpoint", str(tmp_path / "icae"), "--out",
                           str(tmp_path / "m2")])
     assert "plain-LLM" in capsys.readouterr().err
+
+
+def test_fingerprint_probe_indices_stay_inside_large_tensors():
+    # SmolLM2's embedding matrix has 49152 x 576 = 28,311,552 values: float32 linspace
+    # rounded its last index past the end.
+    from icae.models.checkpoint import probe_index
+
+    for numel in (1, 5, 64, 65, 28_311_552, 151_936 * 4096):
+        idx = probe_index(numel)
+        assert int(idx.min()) == 0 and int(idx.max()) == numel - 1
+        assert len(set(idx.tolist())) == len(idx) == min(64, numel)

@@ -67,6 +67,18 @@ def _probe_tensors(base) -> list[tuple[str, torch.Tensor]]:
     return out
 
 
+def probe_index(numel: int, count: int = _PROBE_VALUES) -> torch.Tensor:
+    """``count`` evenly spread indices into ``numel`` elements, first and last included,
+    in exact integer arithmetic (float32 linspace rounds past the end of a 28M-element
+    embedding matrix)."""
+    if numel <= 0:
+        return torch.zeros(0, dtype=torch.long)
+    count = min(count, numel)
+    if count == 1:
+        return torch.zeros(1, dtype=torch.long)
+    return torch.arange(count, dtype=torch.long) * (numel - 1) // (count - 1)
+
+
 def base_fingerprint(model) -> dict:
     """Architecture fields and weight probes of ``model``'s base (computed once)."""
     cached = getattr(model, "_base_fingerprint", None)
@@ -79,7 +91,7 @@ def base_fingerprint(model) -> dict:
     with torch.no_grad():
         for name, weight in _probe_tensors(base):
             flat = weight.detach().reshape(-1)
-            idx = torch.linspace(0, flat.numel() - 1, _PROBE_VALUES).round().long()
+            idx = probe_index(flat.numel())
             probes[name] = [float(x) for x in flat[idx.to(flat.device)].float().cpu()]
     fp = {"config": fields, "probes": probes}
     try:

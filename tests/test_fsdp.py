@@ -1,0 +1,119 @@
+"""FSDP2 sharding (pretrain.fsdp / finetune.fsdp): the configuration, the TrainingArguments
+it produces, and a 2-process gloo run on CPU against the unsharded run."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from icae.config import TrainingConfig, load_config
+
+REPO = Path(__file__).resolve().parents[1]
+WORKER = REPO / "tests" / "fsdp_worker.py"
+# float32 on CPU; the sharded run sums gradients in another order (reduce-scatter over 2
+# processes) and pads each half-batch on its own: a few float32 ulps per step.
+LOSS_RTOL = 1e-5
+WEIGHT_ATOL = 1e-5
+
+
+def test_fsdp_config_validated():
+    cfg = load_config(None, ["pretrain.fsdp=full_shard", "finetune.fsdp=shard_grad_op",
+                             "finetune.fsdp_cpu_offload=true"])
+    assert (cfg.pretrain.fsdp, cfg.finetune.fsdp) == ("full_shard", "shard_grad_op")
+    with pytest.raises(ValueError, match=r"^pretrain\.fsdp: must be one of"):
+        load_config(None, ["pretrain.fsdp=zero3"])
+    with pytest.raises(ValueError, match=r"^finetune\.fsdp_cpu_offload: needs finetune\.fsdp"):
+        load_config(None, ["finetune.fsdp_cpu_offload=true"])
+
+
+def test_fsdp_training_arguments(tiny_tok, tmp_path):
+    from tests.conftest import make_icae
+
+    from icae.training.trainer import fsdp_arguments, fsdp_layer_classes
+
+    model = make_icae(tiny_tok)
+    layers = fsdp_layer_classes(model)
+    assert layers == ["LlamaDecoderLayer"]
+    assert fsdp_arguments(TrainingConfig(), layers) == {}
+    full = fsdp_arguments(TrainingConfig(fsdp="full_shard"), layers)
+    assert full["fsdp"] == "full_shard auto_wrap"
+    c = full["fsdp_config"]
+    assert (c["version"], c["transformer_layer_cls_to_wrap"], c["reshard_after_forward"]) == (
+        2, ["LlamaDecoderLayer"], True)
+    assert c["activation_checkpointing"] is False  # ours restores the adapter state
+    grad_op = fsdp_arguments(TrainingConfig(fsdp="shard_grad_op", fsdp_cpu_offload=True),
+                             layers)
+    assert grad_op["fsdp"] == "full_shard auto_wrap offload"
+    assert grad_op["fsdp_config"]["reshard_after_forward"] is False
+    # TrainingArguments accepts them and parses them as FSDP2 (single process: the
+    # Trainer itself would refuse FSDP outside a distributed job).
+    from icae.training.trainer import training_arguments
+
+    args = training_arguments(TrainingConfig(fsdp="full_shard"), tmp_path, 0, False,
+                              fsdp_layers=layers)
+    assert args.fsdp_config["version"] == 2
+    assert args.fsdp_config["transformer_layer_cls_to_wrap"] == ["LlamaDecoderLayer"]
+    with pytest.raises(ValueError, match="decoder layer classes"):
+        training_arguments(TrainingConfig(fsdp="full_shard"), tmp_path, 0, False)
+
+
+def _fsdp2_available() -> str | None:
+    if not torch.distributed.is_available() or not torch.distributed.is_gloo_available():
+        return "torch.distributed with gloo is not available in this torch build"
+    try:
+        from torch.distributed.fsdp import fully_shard  # noqa: F401
+    except ImportError:
+        return f"torch {torch.__version__} has no FSDP2 (torch.distributed.fsdp.fully_shard)"
+    return None
+
+
+def _run(out: Path, processes: int, batch: int, fsdp: str, checkpointing: bool):
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1",
+               CUDA_VISIBLE_DEVICES="")
+    args = [str(WORKER), str(out), str(batch), fsdp, "1" if checkpointing else "0"]
+    cmd = ([sys.executable, "-m", "torch.distributed.run", "--standalone",
+            f"--nproc_per_node={processes}", *args] if processes > 1
+           else [sys.executable, *args])
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    rows = [json.loads(line) for line in (out / "resume" / "log.jsonl").read_text().splitlines()]
+    losses = [(r["loss"], r["grad_norm"]) for r in rows if "loss" in r]
+    from safetensors.torch import load_file
+
+    return losses, load_file(str(out / "final" / "trained.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def plain_run(tmp_path_factory):
+    """The unsharded reference: one process, the whole global batch of 4."""
+    why = _fsdp2_available()
+    if why:
+        pytest.skip(why)
+    return _run(tmp_path_factory.mktemp("fsdp") / "plain", 1, 4, "", False)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fsdp, checkpointing", [("full_shard", True),
+                                                  ("shard_grad_op", False)])
+def test_sharded_pretraining_matches_unsharded(plain_run, tmp_path, fsdp, checkpointing):
+    """2 processes x 2 examples, sharded, against 1 process x 4: same global batches."""
+    plain_losses, plain = plain_run
+    losses, sharded = _run(tmp_path / "sharded", 2, 2, fsdp, checkpointing)
+    assert (tmp_path / "sharded" / "sharded").read_text() == "True"  # FSDP really ran
+    assert len(losses) == len(plain_losses) == 3
+    for (loss, grad), (ref, ref_grad) in zip(losses, plain_losses):
+        assert loss == pytest.approx(ref, rel=LOSS_RTOL)
+        assert grad == pytest.approx(ref_grad, rel=LOSS_RTOL)
+    # The checkpoint gathered from the shards: the same tensors (LoRA of both adapters'
+    # layers and the learned extra_embeddings), trained to the same values.
+    assert sharded.keys() == plain.keys() and "extra_embeddings" in sharded
+    for name in plain:
+        torch.testing.assert_close(sharded[name], plain[name], atol=WEIGHT_ATOL, rtol=0)
+    # Training moved the weights (the comparison is not between two untrained copies).
+    assert plain_losses[0] != plain_losses[-1]

@@ -117,3 +117,16 @@ def test_sharded_pretraining_matches_unsharded(plain_run, tmp_path, fsdp, checkp
         torch.testing.assert_close(sharded[name], plain[name], atol=WEIGHT_ATOL, rtol=0)
     # Training moved the weights (the comparison is not between two untrained copies).
     assert plain_losses[0] != plain_losses[-1]
+
+
+def test_fsdp_in_one_process_is_a_clear_error(tiny_tok, tmp_path):
+    from tests.conftest import make_icae
+
+    from icae.training.trainer import train
+
+    model = make_icae(tiny_tok)
+    t = TrainingConfig(fsdp="full_shard", max_steps=1, progress=False)
+    with pytest.raises(ValueError, match=r"^pretrain\.fsdp='full_shard': sharding needs "
+                                         r"several processes"):
+        train(model, [], [], t, output_dir=tmp_path / "out", resume_dir=tmp_path / "r",
+              seed=0, config_text="")

@@ -413,6 +413,12 @@ def train(model, train_examples, eval_examples, t: TrainingConfig, *, output_dir
         callbacks.append(_StopAtTime(t.max_train_seconds))
     separation = (SeparationMonitor(t.separation_warning_examples)
                   if t.separation_warning_examples and model.compresses_contexts else None)
+    stage = getattr(resume_policy, "stage", "pretrain")
+    if t.fsdp and args.world_size < 2:
+        raise ValueError(f"{stage}.fsdp={t.fsdp!r}: sharding needs several processes (a "
+                         f"multi-GPU job: workflow.gpu.{stage} >= 2, or torchrun "
+                         f"--nproc_per_node N -m icae {stage} ...); one process trains "
+                         f"with {stage}.fsdp=\"\"")
     if t.fsdp:
         from icae.models.checkpoint import base_fingerprint
 
@@ -422,6 +428,12 @@ def train(model, train_examples, eval_examples, t: TrainingConfig, *, output_dir
                           data_collator=model.collate, callbacks=callbacks,
                           embedding_learning_rate=t.embedding_learning_rate,
                           separation=separation)
+    if t.fsdp and not trainer.is_fsdp_enabled:
+        # accelerate (1.15) shards only on accelerators; on CPU it would quietly train
+        # full copies.
+        raise ValueError(f"{stage}.fsdp={t.fsdp!r}: accelerate did not enable FSDP for this "
+                         f"{args.distributed_state.distributed_type} job (it shards on "
+                         f"GPUs and other accelerators only)")
     if not sys.stderr.isatty() or not t.progress:
         # LogFileCallback prints the quiet per-log lines; the Trainer's printer would repeat
         # each one as a dict.

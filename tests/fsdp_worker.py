@@ -1,7 +1,8 @@
 """A few steps of ICAE pre-training on a tiny random model, sharded or not; run by
-tests/test_fsdp.py as ``python tests/fsdp_worker.py OUT BATCH FSDP CHECKPOINTING`` (one
+tests/test_fsdp.py as ``python tests/fsdp_worker.py OUT BATCH FSDP CHECKPOINTING [STOP_AFTER]`` (one
 process) or under ``torchrun --nproc_per_node 2`` (gloo on CPU). ``BATCH`` is the batch of
-one process: the global batch is BATCH x processes."""
+one process: the global batch is BATCH x processes. ``STOP_AFTER``: stop as if interrupted after that
+many steps (a checkpoint is saved every step); run again to resume."""
 
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ def fsdp_on_cpu() -> None:
     AcceleratorState.__init__ = patched
 
 
-def main(out: str, batch: int, fsdp: str, checkpointing: bool) -> None:
+def main(out: str, batch: int, fsdp: str, checkpointing: bool, stop_after: int) -> None:
     from icae.config import ModelConfig, TrainingConfig
     from icae.models import build_model
     from icae.testing import tiny_model, tiny_tokenizer
@@ -70,16 +71,17 @@ def main(out: str, batch: int, fsdp: str, checkpointing: bool) -> None:
         examples.append(model.encode(pieces, task=task_id(task)))
     t = TrainingConfig(learning_rate=1e-2, per_device_train_batch_size=batch,
                        max_steps=STEPS, logging_steps=1, progress=False,
-                       separation_warning_examples=0, save_steps=1000,
+                       separation_warning_examples=0, save_steps=1,
                        gradient_checkpointing=checkpointing, fsdp=fsdp,
                        embedding_learning_rate=3e-2)
     out_dir = Path(out)
     train(model, examples, [], t, output_dir=out_dir / "final", resume_dir=out_dir / "resume",
-          seed=0, config_text="")
+          seed=0, config_text="", stop_after_steps=stop_after or None)
     if int(os.environ.get("RANK", "0")) == 0:
         sharded = any(type(p).__name__ == "DTensor" for p in model.parameters())
         (out_dir / "sharded").write_text(str(sharded))
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4] == "1")
+    main(sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4] == "1",
+         int(sys.argv[5]) if len(sys.argv) > 5 else 0)

@@ -73,20 +73,26 @@ def _fsdp2_available() -> str | None:
     return None
 
 
-def _run(out: Path, processes: int, batch: int, fsdp: str, checkpointing: bool):
+def _run(out: Path, processes: int, batch: int, fsdp: str, checkpointing: bool,
+         stop_after: int = 0):
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1",
                CUDA_VISIBLE_DEVICES="")
-    args = [str(WORKER), str(out), str(batch), fsdp, "1" if checkpointing else "0"]
+    args = [str(WORKER), str(out), str(batch), fsdp, "1" if checkpointing else "0",
+            str(stop_after)]
     cmd = ([sys.executable, "-m", "torch.distributed.run", "--standalone",
             f"--nproc_per_node={processes}", *args] if processes > 1
            else [sys.executable, *args])
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    printed = proc.stdout + proc.stderr  # LogFileCallback: a line per step run here
+    if stop_after:
+        assert f"[step {stop_after}/3]" in printed and "[step 3/3]" not in printed, printed
+        return None
     rows = [json.loads(line) for line in (out / "resume" / "log.jsonl").read_text().splitlines()]
     losses = [(r["loss"], r["grad_norm"]) for r in rows if "loss" in r]
     from safetensors.torch import load_file
 
-    return losses, load_file(str(out / "final" / "trained.safetensors"))
+    return losses, load_file(str(out / "final" / "trained.safetensors")), printed
 
 
 @pytest.fixture(scope="module")
@@ -103,8 +109,8 @@ def plain_run(tmp_path_factory):
                                                   ("shard_grad_op", False)])
 def test_sharded_pretraining_matches_unsharded(plain_run, tmp_path, fsdp, checkpointing):
     """2 processes x 2 examples, sharded, against 1 process x 4: same global batches."""
-    plain_losses, plain = plain_run
-    losses, sharded = _run(tmp_path / "sharded", 2, 2, fsdp, checkpointing)
+    plain_losses, plain, _ = plain_run
+    losses, sharded, _ = _run(tmp_path / "sharded", 2, 2, fsdp, checkpointing)
     assert (tmp_path / "sharded" / "sharded").read_text() == "True"  # FSDP really ran
     assert len(losses) == len(plain_losses) == 3
     for (loss, grad), (ref, ref_grad) in zip(losses, plain_losses):
@@ -117,6 +123,26 @@ def test_sharded_pretraining_matches_unsharded(plain_run, tmp_path, fsdp, checkp
         torch.testing.assert_close(sharded[name], plain[name], atol=WEIGHT_ATOL, rtol=0)
     # Training moved the weights (the comparison is not between two untrained copies).
     assert plain_losses[0] != plain_losses[-1]
+
+
+@pytest.mark.slow
+def test_sharded_run_resumes_from_its_sharded_checkpoint(plain_run, tmp_path):
+    """Interrupted after 2 of 3 steps and resumed (sharded checkpoint: model, optimizer,
+    scheduler, RNG): the last step and the weights are those of the uninterrupted run."""
+    plain_losses, plain, _ = plain_run
+    out = tmp_path / "sharded"
+    _run(out, 2, 2, "full_shard", True, stop_after=2)
+    ckpt = out / "resume" / "checkpoint-2"
+    # Our gathered trained parameters beside accelerate's shards: a complete checkpoint.
+    assert (ckpt / "trained.safetensors").is_file() and (ckpt / "pytorch_model_fsdp_0").is_dir()
+    _, sharded, printed = _run(out, 2, 2, "full_shard", True)
+    assert "[step 3/3]" in printed and "[step 1/3]" not in printed  # resumed at step 3
+    last = [r for r in map(json.loads, (out / "resume" / "log.jsonl").read_text().splitlines())
+            if r.get("step") == 3 and "loss" in r]
+    assert len(last) == 1
+    assert last[0]["loss"] == pytest.approx(plain_losses[2][0], rel=LOSS_RTOL)
+    for name in plain:
+        torch.testing.assert_close(sharded[name], plain[name], atol=WEIGHT_ATOL, rtol=0)
 
 
 def test_fsdp_in_one_process_is_a_clear_error(tiny_tok, tmp_path):

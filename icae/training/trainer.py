@@ -154,6 +154,18 @@ class ICAETrainer(Trainer):
 
         write_trained(self.model, output_dir)
 
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        super().save_model(output_dir, _internal_call)
+        if self.is_fsdp_enabled:
+            # The Trainer wrote accelerate's sharded model (what resuming loads); the
+            # gathered trained parameters make the folder a checkpoint like any other
+            # (resume.is_complete, evaluation).
+            from icae.models.checkpoint import write_trained
+
+            with full_parameters(self.model):
+                if self.args.should_save:
+                    write_trained(self.model, output_dir or self.args.output_dir)
+
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None) -> None:
         if self.is_fsdp_enabled:  # the Trainer saved the sharded model (save_fsdp_model)
             from accelerate.utils import load_fsdp_model

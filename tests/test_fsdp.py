@@ -89,7 +89,9 @@ def _run(out: Path, processes: int, batch: int, fsdp: str, checkpointing: bool,
         assert f"[step {stop_after}/3]" in printed and "[step 3/3]" not in printed, printed
         return None
     rows = [json.loads(line) for line in (out / "resume" / "log.jsonl").read_text().splitlines()]
-    losses = [(r["loss"], r["grad_norm"]) for r in rows if "loss" in r]
+    # ae_loss / lm_loss / trained_tokens: summed over the processes before logging.
+    losses = [(r["loss"], r["grad_norm"], r["ae_loss"], r["lm_loss"], r["trained_tokens"])
+              for r in rows if "loss" in r]
     from safetensors.torch import load_file
 
     return losses, load_file(str(out / "final" / "trained.safetensors")), printed
@@ -113,9 +115,9 @@ def test_sharded_pretraining_matches_unsharded(plain_run, tmp_path, fsdp, checkp
     losses, sharded, _ = _run(tmp_path / "sharded", 2, 2, fsdp, checkpointing)
     assert (tmp_path / "sharded" / "sharded").read_text() == "True"  # FSDP really ran
     assert len(losses) == len(plain_losses) == 3
-    for (loss, grad), (ref, ref_grad) in zip(losses, plain_losses):
-        assert loss == pytest.approx(ref, rel=LOSS_RTOL)
-        assert grad == pytest.approx(ref_grad, rel=LOSS_RTOL)
+    for row, ref in zip(losses, plain_losses):
+        assert row[:4] == pytest.approx(ref[:4], rel=LOSS_RTOL)  # loss, grad norm, ae, lm
+        assert row[4] == ref[4]  # trained tokens of the global batch
     # The checkpoint gathered from the shards: the same tensors (LoRA of both adapters'
     # layers and the learned extra_embeddings), trained to the same values.
     assert sharded.keys() == plain.keys() and "extra_embeddings" in sharded

@@ -102,6 +102,22 @@ class ICAETrainer(Trainer):
             self._add("trained_tokens", outputs["num_tokens"])
         return (loss, outputs) if return_outputs else loss
 
+    _AUX_KEYS = tuple(f"{k}_{part}" for k in ("ae", "lm", "ft")
+                      for part in ("loss_sum", "tokens")) + ("trained_tokens",)
+
+    def _reduced_aux(self) -> dict[str, float]:
+        """The sums since the last log over every process (each process sees only its
+        share of the global batch); every process logs, so every one takes part."""
+        if not (self.args.world_size > 1 and torch.distributed.is_initialized()):
+            return {k: float(v) for k, v in self._aux.items()}
+        device = next(iter(self._aux.values())).device if self._aux else self.args.device
+        # A fixed key order: a process without LM examples since the last log adds 0.
+        sums = torch.stack([self._aux[k].to(device) if k in self._aux else
+                            torch.zeros((), dtype=torch.float64, device=device)
+                            for k in self._AUX_KEYS])
+        torch.distributed.all_reduce(sums)
+        return dict(zip(self._AUX_KEYS, sums.tolist()))
+
     def _add(self, key: str, value: torch.Tensor) -> None:
         value = value.detach().double()
         self._aux[key] = self._aux[key] + value if key in self._aux else value
@@ -129,7 +145,7 @@ class ICAETrainer(Trainer):
 
     def log(self, logs: dict, *args, **kwargs) -> None:
         if "loss" in logs:  # a training log: add the separate losses since the last one
-            aux = {k: float(v) for k, v in self._aux.items()}
+            aux = self._reduced_aux()
             self._aux.clear()
             for key in ("ae", "lm", "ft"):
                 if aux.get(f"{key}_tokens"):

@@ -49,7 +49,7 @@ def test_fsdp_training_arguments(tiny_tok, tmp_path):
     assert c["activation_checkpointing"] is False  # ours restores the adapter state
     grad_op = fsdp_arguments(TrainingConfig(fsdp="shard_grad_op", fsdp_cpu_offload=True),
                              layers)
-    assert grad_op["fsdp"] == "full_shard auto_wrap offload"
+    assert grad_op["fsdp"] == "shard_grad_op auto_wrap offload"
     assert grad_op["fsdp_config"]["reshard_after_forward"] is False
     # TrainingArguments accepts them and parses them as FSDP2 (single process: the
     # Trainer itself would refuse FSDP outside a distributed job).
@@ -59,6 +59,9 @@ def test_fsdp_training_arguments(tiny_tok, tmp_path):
                               fsdp_layers=layers)
     assert args.fsdp_config["version"] == 2
     assert args.fsdp_config["transformer_layer_cls_to_wrap"] == ["LlamaDecoderLayer"]
+    args = training_arguments(TrainingConfig(fsdp="shard_grad_op"), tmp_path, 0, False,
+                              fsdp_layers=layers)
+    assert args.fsdp_config["reshard_after_forward"] is False
     with pytest.raises(ValueError, match="decoder layer classes"):
         training_arguments(TrainingConfig(fsdp="full_shard"), tmp_path, 0, False)
 

@@ -335,7 +335,7 @@ def fsdp_arguments(t: TrainingConfig, layer_classes: list[str]) -> dict:
     if not t.fsdp:
         return {}
     return {
-        "fsdp": "full_shard auto_wrap" + (" offload" if t.fsdp_cpu_offload else ""),
+        "fsdp": f"{t.fsdp} auto_wrap" + (" offload" if t.fsdp_cpu_offload else ""),
         "fsdp_config": {
             "version": 2,
             # FSDP2's fully_shard keeps the modules (and our LoRA layer flags) in place:

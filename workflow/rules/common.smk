@@ -222,7 +222,7 @@ for _step in ("pretrain", "finetune"):
         raise WorkflowError(
             f"invalid config: {_step}.fsdp={EXP[_step]['fsdp']!r} shards the model over "
             f"several GPUs, but workflow.gpu.{_step} is {WF['gpu'][_step]}: set it to 2 "
-            f"or more, or {_step}.fsdp: \"\""
+            f'or more, or {_step}.fsdp: ""'
         )
 
 RUN = f"{EXP['output_root']}/{EXP['run_name']}"

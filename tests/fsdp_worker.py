@@ -1,5 +1,6 @@
 """A few steps of ICAE pre-training on a tiny random model, sharded or not; run by
-tests/test_fsdp.py as ``python tests/fsdp_worker.py OUT BATCH FSDP CHECKPOINTING [STOP_AFTER]`` (one
+tests/test_fsdp.py as ``python tests/fsdp_worker.py OUT BATCH FSDP CHECKPOINTING [STOP_AFTER
+[TRAIN_DECODER]]`` (one
 process) or under ``torchrun --nproc_per_node 2`` (gloo on CPU). ``BATCH`` is the batch of
 one process: the global batch is BATCH x processes. ``STOP_AFTER``: stop as if interrupted after that
 many steps (a checkpoint is saved every step); run again to resume."""
@@ -41,7 +42,8 @@ def fsdp_on_cpu() -> None:
     AcceleratorState.__init__ = patched
 
 
-def main(out: str, batch: int, fsdp: str, checkpointing: bool, stop_after: int) -> None:
+def main(out: str, batch: int, fsdp: str, checkpointing: bool, stop_after: int,
+         train_decoder: bool) -> None:
     from icae.config import ModelConfig, TrainingConfig
     from icae.models import build_model
     from icae.testing import tiny_model, tiny_tokenizer
@@ -54,7 +56,8 @@ def main(out: str, batch: int, fsdp: str, checkpointing: bool, stop_after: int) 
         fsdp_on_cpu()
     tok = tiny_tokenizer()
     cfg = ModelConfig(mem_size=4, mean_compression_rate=2.0, position_layout="epl",
-                      lora_r=4, lora_alpha=8, lora_dropout=0.0, max_encoder_tokens=256)
+                      lora_r=4, lora_alpha=8, lora_dropout=0.0, max_encoder_tokens=256,
+                      train_decoder=train_decoder)
     base = tiny_model("llama", vocab_size=len(tok), seed=0)
     torch.manual_seed(1)
     model = build_model(cfg, base, tok)
@@ -84,4 +87,5 @@ def main(out: str, batch: int, fsdp: str, checkpointing: bool, stop_after: int) 
 
 if __name__ == "__main__":
     main(sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4] == "1",
-         int(sys.argv[5]) if len(sys.argv) > 5 else 0)
+         int(sys.argv[5]) if len(sys.argv) > 5 else 0,
+         len(sys.argv) > 6 and sys.argv[6] == "1")

@@ -77,11 +77,11 @@ def _fsdp2_available() -> str | None:
 
 
 def _run(out: Path, processes: int, batch: int, fsdp: str, checkpointing: bool,
-         stop_after: int = 0):
+         stop_after: int = 0, train_decoder: bool = False):
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1",
                CUDA_VISIBLE_DEVICES="")
     args = [str(WORKER), str(out), str(batch), fsdp, "1" if checkpointing else "0",
-            str(stop_after)]
+            str(stop_after), "1" if train_decoder else "0"]
     cmd = ([sys.executable, "-m", "torch.distributed.run", "--standalone",
             f"--nproc_per_node={processes}", *args] if processes > 1
            else [sys.executable, *args])
@@ -101,21 +101,33 @@ def _run(out: Path, processes: int, batch: int, fsdp: str, checkpointing: bool,
 
 
 @pytest.fixture(scope="module")
-def plain_run(tmp_path_factory):
-    """The unsharded reference: one process, the whole global batch of 4."""
+def plain_runs(tmp_path_factory):
+    """The unsharded references (one process, the whole global batch of 4), by
+    model.train_decoder."""
     why = _fsdp2_available()
     if why:
         pytest.skip(why)
-    return _run(tmp_path_factory.mktemp("fsdp") / "plain", 1, 4, "", False)
+    done = {}
+
+    def get(train_decoder: bool = False):
+        if train_decoder not in done:
+            out = tmp_path_factory.mktemp("fsdp") / "plain"
+            done[train_decoder] = _run(out, 1, 4, "", False, train_decoder=train_decoder)
+        return done[train_decoder]
+
+    return get
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("fsdp, checkpointing", [("full_shard", True),
-                                                  ("shard_grad_op", False)])
-def test_sharded_pretraining_matches_unsharded(plain_run, tmp_path, fsdp, checkpointing):
+@pytest.mark.parametrize("fsdp, checkpointing, train_decoder", [
+    ("full_shard", True, False), ("shard_grad_op", False, False),
+    ("full_shard", True, True)])  # encoder and decoder adapters switched on one base
+def test_sharded_pretraining_matches_unsharded(plain_runs, tmp_path, fsdp, checkpointing,
+                                               train_decoder):
     """2 processes x 2 examples, sharded, against 1 process x 4: same global batches."""
-    plain_losses, plain, _ = plain_run
-    losses, sharded, _ = _run(tmp_path / "sharded", 2, 2, fsdp, checkpointing)
+    plain_losses, plain, _ = plain_runs(train_decoder)
+    losses, sharded, _ = _run(tmp_path / "sharded", 2, 2, fsdp, checkpointing,
+                              train_decoder=train_decoder)
     assert (tmp_path / "sharded" / "sharded").read_text() == "True"  # FSDP really ran
     assert len(losses) == len(plain_losses) == 3
     for row, ref in zip(losses, plain_losses):
@@ -124,6 +136,7 @@ def test_sharded_pretraining_matches_unsharded(plain_run, tmp_path, fsdp, checkp
     # The checkpoint gathered from the shards: the same tensors (LoRA of both adapters'
     # layers and the learned extra_embeddings), trained to the same values.
     assert sharded.keys() == plain.keys() and "extra_embeddings" in sharded
+    assert any(".lora_A.decoder." in k for k in plain) == train_decoder
     for name in plain:
         torch.testing.assert_close(sharded[name], plain[name], atol=WEIGHT_ATOL, rtol=0)
     # Training moved the weights (the comparison is not between two untrained copies).
@@ -131,10 +144,10 @@ def test_sharded_pretraining_matches_unsharded(plain_run, tmp_path, fsdp, checkp
 
 
 @pytest.mark.slow
-def test_sharded_run_resumes_from_its_sharded_checkpoint(plain_run, tmp_path):
+def test_sharded_run_resumes_from_its_sharded_checkpoint(plain_runs, tmp_path):
     """Interrupted after 2 of 3 steps and resumed (sharded checkpoint: model, optimizer,
     scheduler, RNG): the last step and the weights are those of the uninterrupted run."""
-    plain_losses, plain, _ = plain_run
+    plain_losses, plain, _ = plain_runs()
     out = tmp_path / "sharded"
     _run(out, 2, 2, "full_shard", True, stop_after=2)
     ckpt = out / "resume" / "checkpoint-2"

@@ -40,6 +40,8 @@ BUDGETED_TASKS = ("qa", "repoqa")
 EVAL_DEFAULT_MAX_NEW_TOKENS = {"repoqa": 1024}
 DECODING_MODES = ("auto", "static", "dynamic")
 DATA_SETS = ("pretrain", "squad", "repoqa", "trajectories")
+# pretrain.fsdp / finetune.fsdp: "" = every process holds the whole model (DDP).
+FSDP_MODES = ("", "full_shard", "shard_grad_op")
 
 
 @dataclass
@@ -198,6 +200,16 @@ class TrainingConfig:
     max_grad_norm: float = 1.0
     bf16: bool = False
     gradient_checkpointing: bool = False
+    # Sharding over the processes of a multi-GPU job (FSDP2 through accelerate), for models
+    # whose weights, gradients and optimizer state do not fit one card: "" (off: one full
+    # copy per process, DDP), "full_shard" (all three sharded, each decoder layer gathered
+    # for its forward and again for its backward, ZeRO-3-like), "shard_grad_op" (gathered
+    # layers kept from forward to backward: more memory, fewer all-gathers). The encoder
+    # and decoder passes share the one sharded base model.
+    fsdp: str = ""
+    # With fsdp: keep the sharded parameters, gradients and optimizer state in CPU memory
+    # (fits larger models, much slower).
+    fsdp_cpu_offload: bool = False
     max_length: int = 4096
     eval_steps: int | None = None
     # Stop (and write the final checkpoint) once training has run this long in this
@@ -464,6 +476,11 @@ def _validate_training(t: TrainingConfig, section: str) -> None:
     for target in t.report_to:
         _require(target in ("wandb", "none"), f"{section}.report_to",
                  f"supported: wandb, got {target!r}")
+    _require(t.fsdp in FSDP_MODES, f"{section}.fsdp",
+             f"must be one of {', '.join(repr(m) for m in FSDP_MODES)} (\"\": no sharding), "
+             f"got {t.fsdp!r}")
+    _require(not t.fsdp_cpu_offload or bool(t.fsdp), f"{section}.fsdp_cpu_offload",
+             f"needs {section}.fsdp (full_shard or shard_grad_op)")
 
 
 def validate(cfg: ExperimentConfig) -> None:

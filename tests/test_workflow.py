@@ -238,6 +238,8 @@ def test_invalid_configs_fail_early(tmp_path):
         ({"model": {"mem_sise": 8}}, "mem_sise"),
         ({"workflow": {"finetune_datasets": ["squadd"]}}, "squadd"),
         ({"finetune": {"learning_rate": "fast"}}, "fast"),
+        ({"pretrain": {"fsdp": "full_shard"}}, "workflow.gpu.pretrain is 1"),
+        ({"finetune": {"fsdp": "zero3"}}, "finetune.fsdp"),
     ]
     for patch, needle in cases:
         data = copy.deepcopy(base)

@@ -55,7 +55,10 @@ def write_portable(model, directory: str | Path) -> None:
     for name in model.adapter_names:
         folder = directory / PEFT_DIR / name
         folder.mkdir(parents=True, exist_ok=True)
-        state = get_peft_model_state_dict(model.peft, adapter_name=name)
+        # From the parameters, not model.peft.state_dict(): under FSDP2 a state_dict holds
+        # the shards (DTensors) even where the trainer gathered the parameters whole.
+        state = get_peft_model_state_dict(model.peft, adapter_name=name, state_dict={
+            n: p for n, p in model.peft.named_parameters() if "lora_" in n})
         save_file({k: v.detach().to("cpu").contiguous() for k, v in state.items()},
                   str(folder / ADAPTER_WEIGHTS), metadata={"format": "pt"})
         config = copy.deepcopy(model.peft.peft_config[name])

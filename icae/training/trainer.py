@@ -19,7 +19,9 @@ import io
 import json
 import logging
 import math
+import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -100,6 +102,22 @@ class ICAETrainer(Trainer):
             self._add("trained_tokens", outputs["num_tokens"])
         return (loss, outputs) if return_outputs else loss
 
+    _AUX_KEYS = tuple(f"{k}_{part}" for k in ("ae", "lm", "ft")
+                      for part in ("loss_sum", "tokens")) + ("trained_tokens",)
+
+    def _reduced_aux(self) -> dict[str, float]:
+        """The sums since the last log over every process (each process sees only its
+        share of the global batch); every process logs, so every one takes part."""
+        if not (self.args.world_size > 1 and torch.distributed.is_initialized()):
+            return {k: float(v) for k, v in self._aux.items()}
+        device = next(iter(self._aux.values())).device if self._aux else self.args.device
+        # A fixed key order: a process without LM examples since the last log adds 0.
+        sums = torch.stack([self._aux[k].to(device) if k in self._aux else
+                            torch.zeros((), dtype=torch.float64, device=device)
+                            for k in self._AUX_KEYS])
+        torch.distributed.all_reduce(sums)
+        return dict(zip(self._AUX_KEYS, sums.tolist()))
+
     def _add(self, key: str, value: torch.Tensor) -> None:
         value = value.detach().double()
         self._aux[key] = self._aux[key] + value if key in self._aux else value
@@ -127,7 +145,7 @@ class ICAETrainer(Trainer):
 
     def log(self, logs: dict, *args, **kwargs) -> None:
         if "loss" in logs:  # a training log: add the separate losses since the last one
-            aux = {k: float(v) for k, v in self._aux.items()}
+            aux = self._reduced_aux()
             self._aux.clear()
             for key in ("ae", "lm", "ft"):
                 if aux.get(f"{key}_tokens"):
@@ -152,7 +170,25 @@ class ICAETrainer(Trainer):
 
         write_trained(self.model, output_dir)
 
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        super().save_model(output_dir, _internal_call)
+        if self.is_fsdp_enabled:
+            # The Trainer wrote accelerate's sharded model (what resuming loads); the
+            # gathered trained parameters make the folder a checkpoint like any other
+            # (resume.is_complete, evaluation).
+            from icae.models.checkpoint import write_trained
+
+            with full_parameters(self.model):
+                if self.args.should_save:
+                    write_trained(self.model, output_dir or self.args.output_dir)
+
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None) -> None:
+        if self.is_fsdp_enabled:  # the Trainer saved the sharded model (save_fsdp_model)
+            from accelerate.utils import load_fsdp_model
+
+            load_fsdp_model(self.accelerator.state.fsdp_plugin, self.accelerator,
+                            model or self.model, resume_from_checkpoint)
+            return
         load_checkpoint(model or self.model, resume_from_checkpoint)
 
 
@@ -280,8 +316,47 @@ def _checkpointing_args(enabled: bool) -> dict:
     return {prefix: enabled, f"{prefix}_kwargs": {"use_reentrant": False}}
 
 
-def training_arguments(t: TrainingConfig, resume_dir: Path, seed: int, has_eval: bool
-                       ) -> TrainingArguments:
+def fsdp_layer_classes(model) -> list[str]:
+    """Class names of the base model's decoder layers: the FSDP2 units. Each layer's base
+    weights and both its LoRA adapters are gathered together, so the encoder and decoder
+    passes run on the same (one) sharded copy; the rest (embeddings, LM head, final norm,
+    ICAE's learned extra_embeddings) is the root unit, gathered for the whole step."""
+    names = list(getattr(model.base, "_no_split_modules", None) or [])
+    present = {type(m).__name__ for m in model.base.modules()}
+    names = [n for n in names if n in present]
+    if not names:
+        raise ValueError(f"fsdp: cannot tell the decoder layers of {type(model.base).__name__} "
+                         "(no _no_split_modules); set pretrain.fsdp / finetune.fsdp to \"\"")
+    return names
+
+
+def fsdp_arguments(t: TrainingConfig, layer_classes: list[str]) -> dict:
+    """``fsdp`` / ``fsdp_config`` of TrainingArguments for ``t.fsdp`` (empty when off)."""
+    if not t.fsdp:
+        return {}
+    return {
+        "fsdp": f"{t.fsdp} auto_wrap" + (" offload" if t.fsdp_cpu_offload else ""),
+        "fsdp_config": {
+            "version": 2,
+            # FSDP2's fully_shard keeps the modules (and our LoRA layer flags) in place:
+            # adapter switching and the checkpointing context_fn work unchanged.
+            "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
+            "transformer_layer_cls_to_wrap": list(layer_classes),
+            "reshard_after_forward": t.fsdp == "full_shard",
+            # Our own checkpointing (TrainingConfig.gradient_checkpointing) restores the
+            # adapter state on recomputation; FSDP's would not.
+            "activation_checkpointing": False,
+            "cpu_ram_efficient_loading": False,
+            "state_dict_type": "SHARDED_STATE_DICT",
+        },
+    }
+
+
+def training_arguments(t: TrainingConfig, resume_dir: Path, seed: int, has_eval: bool,
+                       fsdp_layers: list[str] | None = None) -> TrainingArguments:
+    """``fsdp_layers``: :func:`fsdp_layer_classes` of the model, needed when ``t.fsdp``."""
+    if t.fsdp and not fsdp_layers:
+        raise ValueError("fsdp: training_arguments needs the decoder layer classes")
     interactive = t.progress and sys.stderr.isatty()
     report_to = [r for r in t.report_to if r != "none"] or "none"
     return TrainingArguments(
@@ -314,9 +389,14 @@ def training_arguments(t: TrainingConfig, resume_dir: Path, seed: int, has_eval:
         remove_unused_columns=False,
         dataloader_num_workers=t.dataloader_num_workers,
         dataloader_pin_memory=torch.cuda.is_available(),
+        # Several processes without CUDA (torchrun on CPU, the sharding test): accelerate
+        # joins them into one gloo job only when told to use the CPU; otherwise each
+        # process would train alone on its own share of the data.
+        use_cpu=not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1,
         disable_tqdm=not interactive,
         save_only_model=False,
         label_names=["labels"],
+        **fsdp_arguments(t, fsdp_layers or []),
     )
 
 
@@ -349,7 +429,8 @@ def train(model, train_examples, eval_examples, t: TrainingConfig, *, output_dir
     decision = resume_mod.decide(resume_dir, output_dir, resume_policy)
     avoid_cudnn_attention_backward()
     resume_dir.mkdir(parents=True, exist_ok=True)
-    args = training_arguments(t, resume_dir, seed, bool(eval_examples))
+    args = training_arguments(t, resume_dir, seed, bool(eval_examples),
+                              fsdp_layers=fsdp_layer_classes(model) if t.fsdp else None)
     callbacks = [LogFileCallback(resume_dir, quiet_lines=not (t.progress and sys.stderr.isatty()))]
     if ae_contexts:
         callbacks.append(AEBleuCallback(model, ae_contexts,
@@ -360,11 +441,27 @@ def train(model, train_examples, eval_examples, t: TrainingConfig, *, output_dir
         callbacks.append(_StopAtTime(t.max_train_seconds))
     separation = (SeparationMonitor(t.separation_warning_examples)
                   if t.separation_warning_examples and model.compresses_contexts else None)
+    stage = getattr(resume_policy, "stage", "pretrain")
+    if t.fsdp and args.world_size < 2:
+        raise ValueError(f"{stage}.fsdp={t.fsdp!r}: sharding needs several processes (a "
+                         f"multi-GPU job: workflow.gpu.{stage} >= 2, or torchrun "
+                         f"--nproc_per_node N -m icae {stage} ...); one process trains "
+                         f"with {stage}.fsdp=\"\"")
+    if t.fsdp:
+        from icae.models.checkpoint import base_fingerprint
+
+        base_fingerprint(model)  # cached now, while every base weight is whole
     trainer = ICAETrainer(model=model, args=args, train_dataset=train_examples,
                           eval_dataset=eval_examples or None,
                           data_collator=model.collate, callbacks=callbacks,
                           embedding_learning_rate=t.embedding_learning_rate,
                           separation=separation)
+    if t.fsdp and not trainer.is_fsdp_enabled:
+        # accelerate (1.15) shards only on accelerators; on CPU it would quietly train
+        # full copies.
+        raise ValueError(f"{stage}.fsdp={t.fsdp!r}: accelerate did not enable FSDP for this "
+                         f"{args.distributed_state.distributed_type} job (it shards on "
+                         f"GPUs and other accelerators only)")
     if not sys.stderr.isatty() or not t.progress:
         # LogFileCallback prints the quiet per-log lines; the Trainer's printer would repeat
         # each one as a dict.
@@ -404,9 +501,39 @@ def train(model, train_examples, eval_examples, t: TrainingConfig, *, output_dir
              meta["global_step"], meta["examples_seen"], meta["train_runtime_s"] or 0,
              meta["train_samples_per_second"] or 0,
              f", peak GPU memory {meta['peak_gpu_memory_gib']} GiB" if "gpu" in meta else "")
-    save_checkpoint(model, output_dir, config_text=config_text, extra=meta,
-                    extra_files=extra_files)
+    with full_parameters(model):
+        # Sharded (fsdp): every process gathers, one writes.
+        if not t.fsdp or trainer.is_world_process_zero():
+            save_checkpoint(model, output_dir, config_text=config_text, extra=meta,
+                            extra_files=extra_files)
+    if t.fsdp:
+        trainer.accelerator.wait_for_everyone()
     return meta
+
+
+@contextmanager
+def full_parameters(model):
+    """Inside, the trained parameters (LoRA, ICAE's extra_embeddings) of an FSDP2-sharded
+    ``model`` are whole plain tensors, so the checkpoint writers see the model as if it had
+    never been sharded. Gathering is a collective: every process must enter. Only the
+    trained parameters are gathered (they are small); the frozen base stays sharded (the
+    checkpoint's base fingerprint is taken before sharding: :func:`train`). A model that
+    is not sharded is unchanged."""
+    from torch.distributed.tensor import DTensor
+
+    swapped = []
+    for module in model.modules():
+        for name, p in list(module._parameters.items()):
+            if isinstance(p, DTensor) and p.requires_grad:
+                whole = torch.nn.Parameter(p.detach().full_tensor(), requires_grad=True)
+                # Past FSDP's setattr: it would register the parameter for sharding.
+                module._parameters[name] = whole
+                swapped.append((module, name, p))
+    try:
+        yield
+    finally:
+        for module, name, p in swapped:
+            module._parameters[name] = p
 
 
 class _StopAtTime(TrainerCallback):

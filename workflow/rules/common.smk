@@ -215,6 +215,15 @@ validate(config, "../schemas/config.schema.yaml")  # fills in the defaults
 WF = config["workflow"]
 EXP = resolve_experiment({k: v for k, v in config.items() if k != "workflow"}, "config")
 UNTRACKED = set(WF["untracked_keys"])
+for _step in ("pretrain", "finetune"):
+    # Sharding needs several processes; the workflow starts them (multi_gpu_launcher)
+    # only for jobs with more than one GPU.
+    if EXP[_step]["fsdp"] and WF["gpu"][_step] < 2:
+        raise WorkflowError(
+            f"invalid config: {_step}.fsdp={EXP[_step]['fsdp']!r} shards the model over "
+            f"several GPUs, but workflow.gpu.{_step} is {WF['gpu'][_step]}: set it to 2 "
+            f'or more, or {_step}.fsdp: ""'
+        )
 
 RUN = f"{EXP['output_root']}/{EXP['run_name']}"
 LOGS = f"logs/{EXP['run_name']}"

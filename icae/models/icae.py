@@ -20,10 +20,10 @@ from torch import nn
 
 from icae.config import ModelConfig
 from icae.models import positions as P
-from icae.models.base import IGNORE, EncodedPrompt, LoRAWrappedModel
+from icae.models.base import IGNORE, OBJECTIVES, EncodedPrompt, LoRAWrappedModel
 from icae.models.templates import Context, Marker, Piece, Text
 
-MARKER_INDEX = {"ae": 0, "lm": 1, "ft": 2}
+MARKER_INDEX = {name: i for i, name in enumerate(OBJECTIVES)}  # [AE], [LM], [FT] rows
 
 
 class ICAE(LoRAWrappedModel):

@@ -183,32 +183,36 @@ class PromptBuilder:
         and Llama-3 templates are; Qwen3's is not once there are two assistant turns (it
         writes the empty ``<think>`` block only on assistant turns after the last user
         message, so the next user message re-renders the previous turn without it)."""
-        rendered_so_far = ""
-        for i, msg in enumerate(messages):
-            if msg["role"] in train_roles:
-                prompt = self._render(messages[:i], True)
-                full = self._render(messages[: i + 1], False)
-                if not (full.startswith(prompt) and prompt.startswith(rendered_so_far)):
-                    return False
-                rendered_so_far = full
-        return True
+        return self._turn_renderings(messages, train_roles) is not None
 
-    def _turn_pieces(self, messages, contexts, train_roles, first_trained_message):
-        """Pieces up to the end of the last ``train_roles`` turn, each such turn a run of
-        its own (the template's rendering of it as the final turn), and the rendered text
-        they cover; None when the template is not prefix-stable there."""
-        pieces: list[Piece] = []
-        rendered_so_far = ""
+    def _turn_renderings(self, messages, train_roles):
+        """``(index, generation prompt before the turn, rendering with the turn)`` for every
+        ``train_roles`` turn, or None when the template is not prefix-stable there."""
+        out, rendered_so_far = [], ""
         for i, msg in enumerate(messages):
             if msg["role"] in train_roles:
                 prompt = self._render(messages[:i], True)
                 full = self._render(messages[: i + 1], False)
                 if not (full.startswith(prompt) and prompt.startswith(rendered_so_far)):
                     return None
-                pieces += self._split(prompt[len(rendered_so_far):], contexts)
-                target = self.encode(full[len(prompt):])
-                pieces.append(Text(tuple(target), train=i >= first_trained_message))
+                out.append((i, prompt, full))
                 rendered_so_far = full
+        return out
+
+    def _turn_pieces(self, messages, contexts, train_roles, first_trained_message):
+        """Pieces up to the end of the last ``train_roles`` turn, each such turn a run of
+        its own (the template's rendering of it as the final turn), and the rendered text
+        they cover; None when the template is not prefix-stable there."""
+        turns = self._turn_renderings(messages, train_roles)
+        if turns is None:
+            return None
+        pieces: list[Piece] = []
+        rendered_so_far = ""
+        for i, prompt, full in turns:
+            pieces += self._split(prompt[len(rendered_so_far):], contexts)
+            target = self.encode(full[len(prompt):])
+            pieces.append(Text(tuple(target), train=i >= first_trained_message))
+            rendered_so_far = full
         return pieces, rendered_so_far
 
     def conversation(self, messages: list[dict], contexts: Sequence[Sequence[int]] = (),

@@ -26,6 +26,7 @@ import yaml
 
 POSITION_LAYOUTS = ("default", "linspace", "epl")
 SLOT_RULES = ("proportional", "fixed")
+MEMORY_SCALES = ("none", "embedding")
 MODEL_TYPES = ("icae", "llm")
 DTYPES = ("float32", "bfloat16", "float16")
 EVAL_TASKS = ("ae", "qa", "repoqa", "trajectories")
@@ -61,6 +62,11 @@ class ModelConfig:
     # (never more slots than tokens, effective rate = mean_compression_rate); "fixed" =
     # mem_size (ICAE's layout; contexts shorter than mem_size then stay text).
     slot_rule: str = "proportional"
+    # What the decoder reads: "none" = the encoder's last hidden states as they are (ICAE);
+    # "embedding" = each memory vector rescaled to the mean norm of the base model's token
+    # embeddings (final-norm outputs are ~14x longer than SmolLM2's embeddings, a scale a
+    # frozen norm keeps the encoder adapter from changing).
+    memory_scale: str = "none"
     # Upper bound on (segments x padded segment length) per encoder forward pass.
     max_encoder_tokens: int = 16384
     lora_r: int = 128
@@ -496,6 +502,8 @@ def validate(cfg: ExperimentConfig) -> None:
     _require(m.min_compress_len >= 0, "model.min_compress_len", "must be >= 0")
     _require(m.slot_rule in SLOT_RULES, "model.slot_rule",
              f"must be one of {', '.join(SLOT_RULES)}, got {m.slot_rule!r}")
+    _require(m.memory_scale in MEMORY_SCALES, "model.memory_scale",
+             f"must be one of {', '.join(MEMORY_SCALES)}, got {m.memory_scale!r}")
     _require(m.lora_r >= 1, "model.lora_r", "must be >= 1")
     _require(0 <= m.lora_dropout < 1, "model.lora_dropout", "must be in [0, 1)")
     _require(len(m.lora_target_modules) > 0, "model.lora_target_modules",

@@ -78,6 +78,7 @@ def test_missing_checkpoint(tiny_tok, tmp_path):
     (dict(layout="default"), "position_layout is 'epl' in the checkpoint but 'default'"),
     (dict(rate=4.0), "mean_compression_rate is 2.0 in the checkpoint but 4.0"),
     (dict(slot_rule="fixed"), "slot_rule is 'proportional' in the checkpoint but 'fixed'"),
+    (dict(memory_scale="embedding"), "memory_scale is 'none' in the checkpoint but 'embedding'"),
 ])
 def test_adapter_and_layout_settings_are_checked(tiny_tok, tmp_path, change, needle):
     save_checkpoint(make_icae(tiny_tok), tmp_path / "ckpt")

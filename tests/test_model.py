@@ -53,6 +53,23 @@ def test_batched_compression_equals_per_example(tiny_tok, layout):
     torch.testing.assert_close(chunked, alone, atol=1e-5, rtol=0)
 
 
+def test_memory_scale_embedding_rescales_every_vector_and_keeps_gradients(tiny_tok):
+    raw = make_icae(tiny_tok, mem_size=4, rate=2)
+    scaled = make_icae(tiny_tok, mem_size=4, rate=2, memory_scale="embedding")
+    ctx = list(range(10, 40))
+    emb_norm = scaled.base.get_input_embeddings().weight.norm(dim=1).mean()
+    mem_raw, mem = raw.compress_flat([ctx]), scaled.compress_flat([ctx])
+    torch.testing.assert_close(mem.norm(dim=-1), emb_norm.expand(mem.shape[0]))
+    # same weights and seed: the same directions, another length
+    torch.testing.assert_close(mem / mem.norm(dim=-1, keepdim=True),
+                               mem_raw / mem_raw.norm(dim=-1, keepdim=True))
+    assert not torch.allclose(mem_raw.norm(dim=-1), mem.norm(dim=-1))
+    batch = collate([scaled.encode(scaled.prompts.autoencoding(ctx), task=0)], scaled.pad_id)
+    scaled(**batch)["loss"].backward()
+    enc_grads = [p.grad for n, p in scaled.named_parameters() if "lora_B" in n and "encoder" in n]
+    assert enc_grads and any(float(g.abs().sum()) > 0 for g in enc_grads)
+
+
 @pytest.mark.parametrize("arch", ARCHS)
 def test_forward_backward_and_cached_generation(tiny_tok, arch):
     model = make_icae(tiny_tok, arch=arch)

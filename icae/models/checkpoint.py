@@ -140,6 +140,7 @@ def describe(model) -> dict:
         "position_layout": cfg.position_layout,
         "mean_compression_rate": cfg.mean_compression_rate,
         "slot_rule": cfg.slot_rule,
+        "memory_scale": cfg.memory_scale,
         "tensors": {n: list(t.shape) for n, t in model.trainable_state_dict().items()},
         "base_fingerprint": base_fingerprint(model),
     }
@@ -202,10 +203,11 @@ _CHECKED = ("model_type", "base_architecture", "hidden_size", "num_hidden_layers
             "vocab_size", "mem_size", "lora_r", "lora_alpha", "lora_target_modules",
             "train_decoder")
 # What the trained weights mean for ICAE only (the plain LLM reads contexts as text).
-_CHECKED_ICAE = ("position_layout", "mean_compression_rate", "slot_rule")
+_CHECKED_ICAE = ("position_layout", "mean_compression_rate", "slot_rule", "memory_scale")
 # The settings of model.* a checkpoint fixes; checked before anything is loaded.
 SETTINGS = ("model_type", "mem_size", "lora_r", "lora_alpha", "lora_target_modules",
-            "train_decoder", "position_layout", "mean_compression_rate", "slot_rule")
+            "train_decoder", "position_layout", "mean_compression_rate", "slot_rule",
+            "memory_scale")
 
 
 def _same(a, b) -> bool:

@@ -39,6 +39,9 @@ class ICAE(LoRAWrappedModel):
         init = torch.randn(m + len(MARKER_INDEX), hidden, device=emb.device)
         init = init * emb.std() + emb.mean()
         self.extra_embeddings = nn.Parameter(init)
+        # model.memory_scale "embedding": the norm every memory vector is rescaled to.
+        self.memory_norm = (float(emb.norm(dim=1).mean())
+                            if cfg.memory_scale == "embedding" else None)
         self.mem_size = m
         self.rate = cfg.mean_compression_rate
         self.layout = cfg.position_layout
@@ -183,7 +186,11 @@ class ICAE(LoRAWrappedModel):
                                     position_ids=ch["position_ids"],
                                     use_cache=False).last_hidden_state
             outputs.append(hidden[:, -kmax:][ch["slot_mask"]])
-        return torch.cat(outputs, dim=0)[enc["gather"].to(device, non_blocking=True)]
+        memory = torch.cat(outputs, dim=0)[enc["gather"].to(device, non_blocking=True)]
+        if self.memory_norm is not None:
+            norm = memory.float().norm(dim=-1, keepdim=True).clamp(min=1e-6)
+            memory = (memory.float() * (self.memory_norm / norm)).to(memory.dtype)
+        return memory
 
     def compress_flat(self, contexts: list[list[int]], starts: list[int] | None = None
                       ) -> torch.Tensor:

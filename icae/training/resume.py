@@ -56,7 +56,7 @@ NOT_TRACKED = frozenset({
 # model.* settings that only matter for ICAE (the plain LLM reads contexts as text).
 ICAE_ONLY_MODEL_KEYS = frozenset({"mem_size", "mean_compression_rate", "position_layout",
                                   "min_compress_len", "max_encoder_tokens", "train_decoder",
-                                  "slot_rule"})
+                                  "slot_rule", "memory_scale"})
 # What ``--resume-from`` may change: the optimizer's hyperparameters and the schedule.
 OPTIMISATION_KEYS = frozenset({"learning_rate", "embedding_learning_rate", "weight_decay", "max_grad_norm",
                                "warmup_steps", "lr_scheduler_type", "max_steps",

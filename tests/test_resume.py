@@ -168,3 +168,26 @@ def test_nonfinite_gradient_keeps_the_state_before_it_and_resume_takes_lower_lr(
     assert all(lrs[s] <= 1e-4 for s in lrs if s >= 3), lrs
     assert all(torch.isfinite(t).all() for t in _trained(model).values())
     assert math.isfinite(meta["train_loss"])
+
+
+def test_sigterm_finishes_the_step_saves_and_restores_the_handler():
+    import os
+    import signal
+
+    from transformers import TrainerControl, TrainerState
+
+    from icae.training.trainer import StopOnSignal
+
+    before = signal.getsignal(signal.SIGTERM)
+    cb, state, control = StopOnSignal(), TrainerState(), TrainerControl()
+    state.global_step = 3
+    cb.on_train_begin(None, state, control)
+    cb.on_step_end(None, state, control)
+    assert not control.should_training_stop  # no signal yet
+    os.kill(os.getpid(), signal.SIGTERM)  # the process survives: the handler only flags
+    cb.on_step_end(None, state, control)
+    assert control.should_training_stop and control.should_save
+    # a second signal would kill: the handler is back to the previous one at once
+    assert signal.getsignal(signal.SIGTERM) is before
+    cb.on_train_end(None, state, control)
+    assert signal.getsignal(signal.SIGTERM) is before

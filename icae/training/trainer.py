@@ -439,6 +439,7 @@ def train(model, train_examples, eval_examples, t: TrainingConfig, *, output_dir
         callbacks.append(_StopAfter(stop_after_steps))
     if t.max_train_seconds:
         callbacks.append(_StopAtTime(t.max_train_seconds))
+    callbacks.append(StopOnSignal())
     separation = (SeparationMonitor(t.separation_warning_examples)
                   if t.separation_warning_examples and model.compresses_contexts else None)
     stage = getattr(resume_policy, "stage", "pretrain")
@@ -554,6 +555,50 @@ class _StopAtTime(TrainerCallback):
         if time.monotonic() >= self.deadline:
             control.should_training_stop = True
             control.should_save = True
+
+
+class StopOnSignal(TrainerCallback):
+    """SIGTERM or SIGUSR1 (a scheduler's pre-emption, ``kill``, a lease running out): finish
+    the current step, save and end like a completed run, instead of losing the steps since
+    the last periodic checkpoint. A second signal is handled as usual (the process dies)."""
+
+    SIGNALS = ("SIGTERM", "SIGUSR1")
+
+    def __init__(self):
+        self.received: int | None = None
+        self._previous: dict = {}
+
+    def _handler(self, signum, _frame):
+        import signal
+
+        self.received = signum
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)  # a second signal stops at once
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        import signal
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return  # signal handlers can only be set from the main thread
+        for name in self.SIGNALS:
+            sig = getattr(signal, name, None)
+            if sig is not None:
+                self._previous[sig] = signal.signal(sig, self._handler)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.received is not None:
+            log.warning("signal %d received: saving at step %d and stopping",
+                           self.received, state.global_step)
+            control.should_training_stop = True
+            control.should_save = True
+
+    def on_train_end(self, args, state, control, **kwargs):
+        import signal
+
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+        self._previous = {}
 
 
 class _StopAfter(TrainerCallback):

@@ -28,15 +28,10 @@ mkdir -p "$STORE" results
 OUT=${OUT:-$STORE/out}
 mkdir -p "$OUT"
 
-# name | overrides (pre-training variants compared in docs/results/smollm2-135m.md)
-RUNS=(
-  "epl-dec|model.position_layout=epl model.train_decoder=true"
-  "epl-frozen|model.position_layout=epl model.train_decoder=false"
-  "linspace-dec|model.position_layout=linspace model.train_decoder=true"
-)
+source benchmarks/gpu/runs.sh
 
 common() {  # overrides shared by every command on the GPU machine
-  echo "model.model_dir=$STORE/model data.prepared_dir=$STORE/prepared"
+  echo "model.model_dir=$STORE/model"
 }
 
 link_shared() {  # the config's ../shared paths -> the carried data
@@ -46,19 +41,24 @@ link_shared() {  # the config's ../shared paths -> the carried data
 }
 
 start_runs() {
-  for spec in "${RUNS[@]}"; do
-    name=${spec%%|*}; over=${spec#*|}
+  for name in $(run_names); do
     mkdir -p "results/$name"
-    setsid nohup $PY -m icae pretrain --config $CFG $(common) $over \
+    setsid nohup $PY -m icae pretrain --config $CFG $(common) $(run_args $name) \
       pretrain.output_dir="results/$name/pretrain" pretrain.resume_dir="results/$name/resume" \
       pretrain.max_train_seconds=$RUN_SECONDS >> "results/$name/pretrain.log" 2>&1 &
     echo "started $name (pid $!)"
   done
 }
 
+stop_run() {  # SIGTERM to the run's main process only (data-loader workers share its
+  # command line, and a worker killed under it would crash the run before it saves)
+  local pid
+  pid=$(pgrep -o -f "output_dir=results/$1/pretrain") && kill -TERM "$pid" \
+    && echo "stopping $1 (pid $pid): it saves and ends"
+}
+
 progress() {
-  for spec in "${RUNS[@]}"; do
-    name=${spec%%|*}
+  for name in $(run_names); do
     echo "== $name: $(grep -c '^\[step' results/$name/pretrain.log 2>/dev/null) log lines"
     grep '^\[step\|eval_ae_bleu1\|WARNING\|Error\|error' "results/$name/pretrain.log" 2>/dev/null | tail -4 | cut -c1-300
   done
@@ -68,7 +68,7 @@ progress() {
 bring_logs() {
   tar czf "$OUT/logs.tgz" results/*/pretrain.log results/*/resume/log.csv \
     results/*/*/log.csv results/*/*/checkpoint.json results/*/*/*.json results/*/*.log \
-    results/*/*/*/metrics*.csv results/*/*/*/summary.json results/bench/*.log results/bench/*.json results/bench/*/checkpoint.json 2>/dev/null
+    results/*/*/*/metrics*.csv results/*/*/*/summary.json results/eval results/bench/*.log results/bench/*.json results/bench/*/checkpoint.json 2>/dev/null
   ls -la "$OUT"
 }
 
@@ -87,9 +87,17 @@ setup)
   export PYTHONPATH="$STORE/site"
   link_shared
   $PY -m icae prepare-model --config $CFG $(common) model.base_model="$STORE/smollm2.gguf"
-  time $PY -m icae prepare-data --config $CFG $(common)
+  for prof in $(profiles); do
+    $PY -m icae prepare-data --config $CFG $(common) $(profile $prof) \
+      data.prepared_dir=$STORE/prepared-$prof > results/prepare-$prof.log 2>&1 &
+  done
+  time wait
+  tail -3 results/prepare-*.log
   set +e
-  bash benchmarks/gpu/speed.sh "$STORE" $(common) 2>&1 | tee results/bench.log | tail -40
+  if [ "${SPEED:-0}" = 1 ]; then
+    bash benchmarks/gpu/speed.sh "$STORE" $(common) data.prepared_dir=$STORE/prepared-s448 \
+      2>&1 | tee results/bench.log | tail -40
+  fi
   start_runs
   sleep 45; progress
   bring_logs
@@ -101,6 +109,15 @@ wait)
   fi
   bring_logs
   ;;
+keep)  # keep only the named runs: the others get SIGTERM (they save and stop)
+  shift
+  for name in $(run_names); do
+    case " $* " in *" $name "*) continue ;; esac
+    stop_run $name
+  done
+  sleep "${WAIT:-20}"; progress
+  bring_logs
+  ;;
 resume)
   link_shared
   cat .gpu/resume/resume.tar.part* | tar xf -
@@ -108,14 +125,16 @@ resume)
   sleep 30; progress
   ;;
 finish)
+  [ "${STOP_RUNS:-1}" = 1 ] && for name in $(run_names); do stop_run $name; done
   while pgrep -f "icae pretrain" > /dev/null; do sleep 5; done
   progress
+  BEST=${BEST:?BEST=<run name> picks the run that is fine-tuned on SQuAD}
+  export STORE BEST RUNSET
   bash benchmarks/gpu/finish.sh "$STORE" $(common) 2>&1 | tee results/finish.log | tail -60
   bring_logs
-  for spec in "${RUNS[@]}"; do
-    name=${spec%%|*}
-    tar czf "$OUT/ckpt-$name.tgz" -C results/$name pretrain 2>/dev/null
-  done
+  # The chosen run's trained parameters in bf16 (what is shipped), in <=15 MiB pieces.
+  $PY benchmarks/gpu/pack_checkpoint.py results/$BEST/pretrain "$STORE/ship-$BEST" \
+    && tar cf - -C "$STORE" "ship-$BEST" | split -b 15728640 -d -a 1 - "$OUT/ship.tar.part"
   ls -la "$OUT"
   ;;
 *) echo "unknown stage $STAGE"; exit 2 ;;

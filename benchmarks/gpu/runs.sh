@@ -1,0 +1,29 @@
+# Sourced by remote.sh and finish.sh (needs STORE): the runs of one set and their overrides.
+# The runs: benchmarks/gpu/runs/$RUNSET.txt, one "name|data profile|overrides" per line.
+RUNSET=${RUNSET:-2026-12-02}
+SWEEP="model.lora_r=16 model.lora_alpha=32
+  model.lora_target_modules=[q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj]
+  pretrain.learning_rate=1e-3 pretrain.embedding_learning_rate=1e-3
+  data.pretrain.ae_only_examples=40000 data.pretrain.lm_ratio_ramp_examples=20000
+  pretrain.eval_steps=100 pretrain.max_steps=100000"
+mapfile -t RUNS < <(grep -v '^#' "benchmarks/gpu/runs/$RUNSET.txt" | grep . \
+  | sed "s|@SWEEP@|$(echo $SWEEP)|")
+# Data profiles: span lengths and the slots that go with them at rate 4 (one segment).
+profile() {
+  case $1 in
+  s128) echo "data.pretrain.min_len=120 data.pretrain.len_jitter=0.066 model.mem_size=32" ;;
+  s448) echo "data.pretrain.min_len=448 data.pretrain.len_jitter=0.14 model.mem_size=128" ;;
+  *) echo "unknown data profile $1" >&2; exit 2 ;;
+  esac
+}
+run_args() {  # name -> every override of that run (data profile, its prepared data, run's own)
+  local spec
+  for spec in "${RUNS[@]}"; do
+    IFS='|' read -r n prof over <<< "$spec"
+    [ "$n" = "$1" ] && { echo "$(profile $prof) data.prepared_dir=$STORE/prepared-$prof $over"; return; }
+  done
+  echo "no run $1 in $RUNSET" >&2; exit 2
+}
+run_names() { local spec; for spec in "${RUNS[@]}"; do echo "${spec%%|*}"; done; }
+profiles() { local spec; for spec in "${RUNS[@]}"; do IFS='|' read -r _ p _ <<< "$spec"; echo $p; done | sort -u; }
+

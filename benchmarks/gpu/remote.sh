@@ -92,7 +92,7 @@ setup)
       data.prepared_dir=$STORE/prepared-$prof > results/prepare-$prof.log 2>&1 &
   done
   time wait
-  tail -3 results/prepare-*.log
+  tail -n 3 results/prepare-*.log
   set +e
   if [ "${SPEED:-0}" = 1 ]; then
     bash benchmarks/gpu/speed.sh "$STORE" $(common) data.prepared_dir=$STORE/prepared-s448 \
@@ -107,6 +107,12 @@ wait)
   if [ "${BRING_RESUME:-0}" = 1 ]; then
     tar cf - results/*/resume | split -b 15728640 -d -a 1 - "$OUT/resume.tar.part"
   fi
+  bring_logs
+  ;;
+start)  # (re)start the runs on a prepared machine
+  link_shared
+  start_runs
+  sleep 45; progress
   bring_logs
   ;;
 keep)  # keep only the named runs: the others get SIGTERM (they save and stop)

@@ -58,8 +58,6 @@ DEFAULT_METRICS = {
     "repoqa": ["similarity", "pass@0.8", "bleu1"],
     "trajectories": ["ar_bleu1", "ar_token_accuracy", "tf_token_accuracy", "tf_loss"],
 }
-ROW_LABELS = {"variant": "variant", "model_type": "model", "mem_size": "mem",
-              "compression_rate": "rate", "position_layout": "layout"}
 
 _BRANCH = (r"(?:m(?P<mem>\d+)-r(?P<rate>[0-9.]+)-(?P<layout>[A-Za-z]+)-s(?P<seed>-?\d+)"
            r"|m(?P<bmem>\d+)-r(?P<brate>[0-9.]+)-s(?P<bseed>-?\d+)"

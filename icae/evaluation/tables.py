@@ -64,7 +64,6 @@ TASK_CAPTIONS = {
 DATASET_NAMES = {"pretrain": "pre-training", "squad": "SQuAD", "repoqa": "RepoQA",
                  "trajectories": "trajectories"}
 LAYOUT_NAMES = {"default": "default", "linspace": "linspace", "epl": "EPL"}
-KEY_COLUMNS = ["Method", "Mem", "Rate", "Eff. rate", "Layout"]
 
 
 @dataclass(frozen=True)
@@ -127,7 +126,8 @@ class Table:
     name: str
     caption: str
     label: str
-    keys: pd.DataFrame                      # KEY_COLUMNS that apply, one row per method
+    keys: pd.DataFrame                      # Method, Mem, Rate, Eff. rate, Layout: those
+                                            # that apply, one row per method
     columns: list[tuple[str, MetricInfo]]   # (column id, info)
     mean: pd.DataFrame                      # column id -> values on the shown scale
     std: pd.DataFrame

@@ -22,12 +22,12 @@ with several seeds, points are means with a ±1 std error bar.
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import pandas as pd
 
 from icae.evaluation.tables import LAYOUT_NAMES, TASK_NAMES, metric_info, variant_name
+from icae.utils import atomic_file
 
 FORMATS = ("png", "pdf", "svg")
 
@@ -36,11 +36,9 @@ def save_figure(fig, stem: Path) -> Path:
     """Write ``stem``.png/.pdf/.svg (each atomically); return the PNG's path."""
     stem.parent.mkdir(parents=True, exist_ok=True)
     for ext in FORMATS:
-        target = stem.with_suffix(f".{ext}")
-        tmp = target.with_name(f".{target.name}.tmp.{ext}")
-        fig.savefig(tmp, dpi=150 if ext == "png" else None, bbox_inches="tight",
-                    format=ext)
-        os.replace(tmp, target)
+        with atomic_file(stem.with_suffix(f".{ext}"), "wb") as fh:
+            fig.savefig(fh, dpi=150 if ext == "png" else None, bbox_inches="tight",
+                        format=ext)
     return stem.with_suffix(".png")
 
 

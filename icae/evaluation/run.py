@@ -91,7 +91,8 @@ from icae.evaluation import metrics as M
 from icae.evaluation.tasks import (BUILDERS, DATASETS, ContextPolicy, Example, TaskContext,
                                    finite, load_rows, score)
 from icae.models.base import IGNORE, collate
-from icae.utils import atomic_write_json, atomic_write_jsonl, atomic_write_text
+from icae.data.io import write_jsonl
+from icae.utils import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -284,7 +285,7 @@ def evaluate(cfg, model=None, overwrite: bool = False) -> dict:
 
     # All outputs or none: written beside, then swapped in with one rename.
     with atomic_directory(out_dir) as tmp:
-        atomic_write_jsonl(tmp / "predictions.jsonl", records)
+        write_jsonl(tmp / "predictions.jsonl", records)
         write_resolved_config(cfg, tmp)
         atomic_write_json(tmp / "summary.json", summary)
         atomic_write_text(tmp / "metrics.csv", metrics_csv(cfg, model_cfg, task, metrics))

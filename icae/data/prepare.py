@@ -68,91 +68,15 @@ def _build_squad(cfg, tok):
     return build_squad_sets(cfg.data.squad, cfg.seed, skip_bad_lines=cfg.data.skip_bad_lines)
 
 
-def build_repoqa_sets(cfg: ExperimentConfig, tokenizer) -> tuple[list[dict], list[dict], dict]:
-    """Eval: the release file's tasks (``num_eval`` of them drawn with the seed, or all when
-    there are fewer). Train: ``train_tasks_file`` plus, up to ``num_train`` in all, tasks
-    built from ``source_dirs``. Without a release file the eval tasks are built from
-    ``source_dirs`` too, from needles that the train tasks do not use."""
-    import random
-
-    from icae.data.repoqa import build_tasks_from_tree, load_release, load_task_jsonl, scan_tree
-
-    r = cfg.data.repoqa
-    skips = {"train": SkipLog(), "eval": SkipLog()}
-    summary: dict = {}
-    eval_tasks: list[dict] = []
-    train_tasks: list[dict] = []
-
-    def pick(tasks: list[dict], n: int, seed: int) -> list[dict]:
-        if n >= len(tasks):
-            return tasks
-        keep = sorted(random.Random(seed).sample(range(len(tasks)), n))
-        return [tasks[i] for i in keep]
-
-    if r.release_file:
-        eval_tasks = pick(load_release(r.release_file, tokenizer, context_tokens=r.context_tokens,
-                                       languages=r.languages, instruction=r.instruction,
-                                       skip_bad_lines=cfg.data.skip_bad_lines,
-                                       skips=skips["eval"]),
-                          r.num_eval, cfg.seed + 1)
-        summary["eval_source"] = str(r.release_file)
-    if r.train_tasks_file:
-        train_tasks = pick(load_task_jsonl(r.train_tasks_file, languages=r.languages,
-                                           skip_bad_lines=cfg.data.skip_bad_lines,
-                                           skips=skips["train"]),
-                           r.num_train, cfg.seed)
-        summary["train_source"] = str(r.train_tasks_file)
-    if r.source_dirs:
-        if "python" not in r.languages:
-            raise DataError("data.repoqa.source_dirs: tasks from source trees are python only; "
-                            "add python to data.repoqa.languages")
-        trees = [scan_tree(d) for d in r.source_dirs]
-        common = dict(context_tokens=r.context_tokens, position_ratios=r.position_ratios,
-                      instruction=r.instruction, trees=trees)
-        if not r.release_file:
-            eval_tasks = build_tasks_from_tree(r.source_dirs, tokenizer, num_tasks=r.num_eval,
-                                               seed=cfg.seed + 1, skips=skips["eval"], **common)
-            summary["eval_source"] = f"source_dirs {r.source_dirs}"
-        need = max(0, r.num_train - len(train_tasks))
-        if need:
-            train_tasks += build_tasks_from_tree(
-                r.source_dirs, tokenizer, num_tasks=need, seed=cfg.seed,
-                exclude_ids=[t["id"] for t in eval_tasks], skips=skips["train"], **common)
-            summary["train_source"] = ", ".join(
-                x for x in (summary.get("train_source"), f"source_dirs {r.source_dirs}") if x)
-    overlap = {t["id"] for t in train_tasks} & {t["id"] for t in eval_tasks}
-    if overlap:
-        raise DataError(f"data.repoqa: {len(overlap)} tasks are in both train and eval (e.g. "
-                        f"{sorted(overlap)[0]}); use different sources")
-    def why(split: str) -> str:
-        counts = skips[split].counts
-        return (f"skipped: {dict(sorted(counts.items()))}"
-                + ("; a needle may take at most half of data.repoqa.context_tokens="
-                   f"{r.context_tokens}: raise it" if counts.get("needle_too_long") else ""))
-
-    if (r.release_file or r.source_dirs) and r.num_eval and not eval_tasks:
-        raise DataError(f"data.repoqa: no eval tasks could be built ({why('eval')})")
-    if (r.train_tasks_file or r.source_dirs) and r.num_train and not train_tasks:
-        raise DataError(f"data.repoqa: no train tasks could be built ({why('train')})")
-
-    def stats(tasks):
-        return {"tasks": len(tasks),
-                "languages": sorted({t["language"] for t in tasks}),
-                "repos": len({t["repo"] for t in tasks}),
-                "mean_context_tokens": (sum(t["context_tokens"] for t in tasks)
-                                        / max(1, len(tasks)))}
-
-    summary.update({"train": stats(train_tasks), "eval": stats(eval_tasks),
-                    "skipped": {k: v.as_dict() for k, v in skips.items()}})
-    return train_tasks, eval_tasks, summary
-
-
 def _build_repoqa(cfg, tok):
     r = cfg.data.repoqa
     needs_tok = bool(r.source_dirs) or bool(
         r.release_file and not str(r.release_file).lower().endswith(
             (".jsonl", ".jsonl.gz", ".jsonl.xz")))
-    return build_repoqa_sets(cfg, tok() if needs_tok else None)
+    from icae.data.repoqa import build_repoqa_sets
+
+    return build_repoqa_sets(r, tok() if needs_tok else None, cfg.seed,
+                             skip_bad_lines=cfg.data.skip_bad_lines)
 
 
 def _build_trajectories(cfg, tok):

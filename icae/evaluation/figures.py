@@ -26,7 +26,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from icae.evaluation.tables import LAYOUT_NAMES, TASK_NAMES, metric_info, variant_name
+from icae.evaluation.tables import LAYOUT_NAMES, metric_info, variant_name
+from icae.tasks import title
 from icae.utils import atomic_file
 
 FORMATS = ("png", "pdf", "svg")
@@ -207,7 +208,7 @@ def _lines(sub, compressed, refs, task, metrics, out_dir, plt, kind, x) -> Path:
             ax.minorticks_off()
         ax.set_xlabel(X_LABELS[x])
         ax.set_ylabel(info.header(("↑", "↓")))
-        ax.set_title(f"{TASK_NAMES.get(task, task)}: {info.label}")
+        ax.set_title(f"{title(task)}: {info.label}")
         ax.grid(alpha=0.3)
     return _finish(fig, axes, out_dir / f"{task}_{kind}", plt)
 
@@ -253,6 +254,6 @@ def _bars(sub, task, metrics, out_dir, plt, kind) -> Path:
             ax.set_xticklabels(labels, rotation=30, ha="right", fontsize="small")
             ax.set_xlabel("method")
         ax.set_ylabel(info.header(("↑", "↓")))
-        ax.set_title(f"{TASK_NAMES.get(task, task)}: {info.label}")
+        ax.set_title(f"{title(task)}: {info.label}")
         ax.grid(alpha=0.3, axis="y")
     return _finish(fig, axes, out_dir / f"{task}_{kind}", plt)

@@ -134,3 +134,17 @@ def test_a_registered_task_flows_from_data_to_tables(toy, env, tmp_path):
     assert "Long-document QA (toy) (1 examples)" in table
     assert "F1 ↑" in table and "EM ↑" not in table  # only the headline
     assert "LongQA F1" in paths["summary.md"].read_text()
+
+
+def test_the_workflow_schema_names_the_registered_tasks_and_data_sets():
+    import yaml
+
+    schema = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    props = schema["properties"]
+    wf = props["workflow"]["properties"]
+    assert props["data"]["properties"]["build"]["items"]["enum"] == list(tasks.datasets())
+    assert props["evaluation"]["properties"]["task"]["enum"] == list(tasks.TASKS)
+    assert wf["pretrained_tasks"]["items"]["enum"] == list(tasks.TASKS)
+    assert wf["finetune_datasets"]["items"]["enum"] == list(tasks.finetune_datasets())
+    training = schema["$defs"]["training"]["properties"]
+    assert training["dataset"]["enum"] == list(tasks.finetune_datasets())

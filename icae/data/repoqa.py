@@ -324,10 +324,11 @@ def load_release(path: str | Path, tokenizer=None, *, context_tokens: int = 2048
 
 def build_repoqa_sets(r: "RepoQADataConfig", tokenizer, seed: int, *,
                       skip_bad_lines: bool = False) -> tuple[list[dict], list[dict], dict]:
-    """``(train, eval, summary)`` of ``data.repoqa`` (``r``). Eval: the release file's tasks (``num_eval`` of them drawn with the seed, or all when
-    there are fewer). Train: ``train_tasks_file`` plus, up to ``num_train`` in all, tasks
-    built from ``source_dirs``. Without a release file the eval tasks are built from
-    ``source_dirs`` too, from needles that the train tasks do not use."""
+    """``(train, eval, summary)`` of ``data.repoqa`` (``r``). Eval: the release file's tasks
+    (``num_eval`` of them drawn with the seed, or all when there are fewer). Train:
+    ``train_tasks_file`` plus, up to ``num_train`` in all, tasks built from
+    ``source_dirs``. Without a release file the eval tasks are built from ``source_dirs``
+    too, from needles that the train tasks do not use."""
     from icae.data.repoqa_tree import build_tasks_from_tree, scan_tree
 
     skips = {"train": SkipLog(), "eval": SkipLog()}

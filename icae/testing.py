@@ -38,9 +38,6 @@ def tiny_tokenizer(vocab_size: int = 400, chat_template: bool = True):
     return fast
 
 
-ARCHITECTURES = ("llama", "qwen2", "qwen3", "mistral")
-
-
 def tiny_model(arch: str = "llama", vocab_size: int = 512, hidden_size: int = 32,
                layers: int = 2, seed: int = 0, tie: bool = False,
                initializer_range: float = 0.2):
@@ -76,3 +73,26 @@ def save_tiny_model_dir(path: str | Path, arch: str = "llama", hidden_size: int 
     model.save_pretrained(path)
     tok.save_pretrained(path)
     return path
+
+
+class Interrupted(Exception):
+    """Raised by :func:`interrupt_after` in place of a kill."""
+
+    def __init__(self, step: int):
+        super().__init__(f"interrupted after step {step}")
+        self.step = step
+
+
+def interrupt_after(steps: int):
+    """A Trainer callback that interrupts training once ``steps`` optimizer steps are done
+    (their logging and checkpointing included), as a kill before the next step would:
+    :func:`icae.training.trainer.train` writes no final checkpoint and the run resumes from
+    its last periodic one. Raises :class:`Interrupted`."""
+    from transformers import TrainerCallback
+
+    class InterruptAfter(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            if state.global_step >= steps:
+                raise Interrupted(state.global_step)
+
+    return InterruptAfter()

@@ -20,7 +20,6 @@ overrides apply on top (e.g. ``model.model_dir=...`` when the base model moved).
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import time

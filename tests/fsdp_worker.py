@@ -46,7 +46,7 @@ def main(out: str, batch: int, fsdp: str, checkpointing: bool, stop_after: int,
          train_decoder: bool) -> None:
     from icae.config import ModelConfig, TrainingConfig
     from icae.models import build_model
-    from icae.testing import tiny_model, tiny_tokenizer
+    from icae.testing import Interrupted, interrupt_after, tiny_model, tiny_tokenizer
     from icae.training.examples import pretrain_pieces
     from icae.training.spans import task_id
     from icae.training.trainer import train
@@ -78,8 +78,12 @@ def main(out: str, batch: int, fsdp: str, checkpointing: bool, stop_after: int,
                        gradient_checkpointing=checkpointing, fsdp=fsdp,
                        embedding_learning_rate=3e-2)
     out_dir = Path(out)
-    train(model, examples, [], t, output_dir=out_dir / "final", resume_dir=out_dir / "resume",
-          seed=0, config_text="", stop_after_steps=stop_after or None)
+    try:
+        train(model, examples, [], t, output_dir=out_dir / "final",
+              resume_dir=out_dir / "resume", seed=0, config_text="",
+              callbacks=[interrupt_after(stop_after)] if stop_after else None)
+    except Interrupted:
+        return
     if int(os.environ.get("RANK", "0")) == 0:
         sharded = any(type(p).__name__ == "DTensor" for p in model.parameters())
         (out_dir / "sharded").write_text(str(sharded))

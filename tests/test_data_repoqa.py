@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 
 from icae.data.io import DataError, SkipLog, write_jsonl
-from icae.data.repoqa import (RECORD_FIELDS, build_tasks_from_tree, description_key,
-                              load_release, needle_candidates, scan_tree, topological_sort)
+from icae.data.repoqa import RECORD_FIELDS, description_key, load_release, topological_sort
+from icae.data.repoqa_tree import build_tasks_from_tree, needle_candidates, scan_tree
 from icae.data.tokens import encode
 
 FIX = Path(__file__).resolve().parent / "fixtures" / "data" / "repoqa"

@@ -5,7 +5,8 @@ import pytest
 
 from icae.config import SquadDataConfig
 from icae.data.io import DataError, SkipLog
-from icae.data.squad import build_squad_sets, load_squad, select
+from icae.data.io import seeded_subset as select
+from icae.data.squad import build_squad_sets, load_squad
 from tests.conftest import shared_path
 
 FIX = Path(__file__).resolve().parent / "fixtures" / "data" / "squad"

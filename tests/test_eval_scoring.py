@@ -5,10 +5,18 @@ from __future__ import annotations
 
 import pytest
 
-from icae.config import load_config, max_new_tokens_for
+from icae.config import load_config
 from icae.evaluation import metrics as M
-from icae.evaluation.tasks import Example, score
+from icae.tasks import TASKS, Example
 from tests.conftest import REPO, shared_path
+
+
+def max_new_tokens_for(e, task):
+    return TASKS[task].max_new_tokens(e)
+
+
+def score(task, ex, prediction, pred_ids):
+    return TASKS[task].score(ex, prediction, pred_ids)
 
 
 def _tokenizer(kind):
@@ -47,7 +55,10 @@ def test_reference_answers_fit_the_repoqa_budget(kind, tmp_path):
     """A perfect model emits the template's rendering of the reference answer; cut at each
     example's budget and scored, it must get similarity 1.0 and pass@0.8 1.0."""
     from icae.data.io import read_jsonl
-    from icae.evaluation.tasks import ContextPolicy, TaskContext, build_repoqa
+    from icae.evaluation.policy import ContextPolicy
+    from icae.tasks import TaskContext
+
+    build_repoqa = TASKS["repoqa"].build_examples
     from icae.models.templates import PromptBuilder
     from icae.models.task_prompts import repoqa_answer, repoqa_messages
 
@@ -103,7 +114,7 @@ def test_official_pass_requires_the_target_to_be_the_best_needle():
 
 
 def test_repo_needles_group_the_whole_eval_file_by_repository():
-    from icae.evaluation.tasks import repo_needles
+    from icae.tasks.repoqa import repo_needles
 
     rows = [{"language": "python", "repo": "a", "needle_name": "f", "needle_code": "F"},
             {"language": "python", "repo": "a", "needle_name": "g", "needle_code": "G"},

@@ -12,8 +12,12 @@ import pytest
 import torch
 
 from icae.config import load_config
-from icae.evaluation.run import CSV_COLUMNS, TASK_METRICS, evaluate, output_dir
-from icae.evaluation.tasks import ContextPolicy
+from icae.evaluation.policy import ContextPolicy
+from icae.evaluation.run import evaluate, output_dir
+from icae.evaluation.summary import CSV_COLUMNS
+from icae.tasks import TASKS
+
+TASK_METRICS = {name: task.metrics for name, task in TASKS.items()}
 
 TEXTS = [
     "The quick brown fox jumps over the lazy dog.",
@@ -306,7 +310,7 @@ def test_effective_and_configured_rates_are_recorded(env, tmp_path):
 
 def test_teacher_forced_scores_match_model_loss(tiny_tok):
     from icae.evaluation.run import teacher_forced_scores
-    from icae.evaluation.tasks import Example
+    from icae.tasks import Example
     from icae.models.base import collate
     from icae.models.templates import context_slot
     from tests.conftest import make_icae

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from icae.evaluation import metrics as M
+from icae.evaluation import repoqa_code as C
 
 SQUAD_DEV = Path("/work/shared/data/squad/dev-v1.1.json.gz")
 
@@ -337,10 +338,10 @@ def test_function_similarity_hand_checked():
 
 def test_extract_code_blocks():
     text = "Sure:\n```python\ndef f():\n    pass\n```\nand\n```\nx = 1\n```\n"
-    assert M.extract_code_blocks(text) == ["def f():\n    pass\n", "x = 1\n"]
-    assert M.extract_code_blocks("  no fences here  ") == ["no fences here"]
+    assert C.extract_code_blocks(text) == ["def f():\n    pass\n", "x = 1\n"]
+    assert C.extract_code_blocks("  no fences here  ") == ["no fences here"]
     # a fence that does not start a line is not a block (RepoQA's MULTILINE ^)
-    assert M.extract_code_blocks("inline ```x``` only") == ["inline ```x``` only"]
+    assert C.extract_code_blocks("inline ```x``` only") == ["inline ```x``` only"]
 
 
 def test_sanitize_picks_first_function_like_repoqa():
@@ -348,18 +349,18 @@ def test_sanitize_picks_first_function_like_repoqa():
         "Here it is:\n\n```python\nimport os\n\n@cache\n" + NEEDLE_PY
         + "\n\ndef other():\n    pass\n```\nbye"
     )
-    assert M.sanitize_repoqa_output(out, "python") == NEEDLE_PY
+    assert C.sanitize_repoqa_output(out, "python") == NEEDLE_PY
     # first block without a function is skipped in favour of one that has one
     out2 = "```\nprint(1)\n```\n```python\ndef g():\n    return 2\n```"
-    assert M.sanitize_repoqa_output(out2, "python") == "def g():\n    return 2"
+    assert C.sanitize_repoqa_output(out2, "python") == "def g():\n    return 2"
     # no function anywhere: first block; no block: whole stripped output
-    assert M.sanitize_repoqa_output("```\nx = 1\n```\n```\ny = 2\n```", "python") == "x = 1\n"
-    assert M.sanitize_repoqa_output("  def h(): pass  ", "python") == "def h(): pass"
+    assert C.sanitize_repoqa_output("```\nx = 1\n```\n```\ny = 2\n```", "python") == "x = 1\n"
+    assert C.sanitize_repoqa_output("  def h(): pass  ", "python") == "def h(): pass"
 
 
 def test_extract_first_function_python_unparsable_falls_back_to_indentation():
     code = "def f(a,\n      b):\n    x = (\n    return x\nprint('after')\n"
-    assert M.extract_first_function(code, "python") == "def f(a,\n      b):\n    x = (\n    return x"
+    assert C.extract_first_function(code, "python") == "def f(a,\n      b):\n    x = (\n    return x"
 
 
 @pytest.mark.parametrize(
@@ -399,15 +400,15 @@ def test_extract_first_function_python_unparsable_falls_back_to_indentation():
     ],
 )
 def test_extract_first_function_c_like(language, code, expected):
-    assert M.extract_first_function(code, language) == expected
+    assert C.extract_first_function(code, language) == expected
 
 
 def test_extract_first_function_none_and_bad_language():
-    assert M.extract_first_function("x = 1\n", "python") is None
-    assert M.extract_first_function("int f(int);\n", "cpp") is None  # declaration only
-    assert M.extract_first_function("if (x) {\n  y();\n}\n", "java") is None
+    assert C.extract_first_function("x = 1\n", "python") is None
+    assert C.extract_first_function("int f(int);\n", "cpp") is None  # declaration only
+    assert C.extract_first_function("if (x) {\n  y();\n}\n", "java") is None
     with pytest.raises(ValueError):
-        M.extract_first_function("", "cobol")
+        C.extract_first_function("", "cobol")
 
 
 def test_remove_comments_python():
@@ -415,11 +416,11 @@ def test_remove_comments_python():
         'X = "module # string"\n"""module docstring stays"""\n'
         "def f(a):\n    '''doc'''\n    s = '# not a comment'  # real comment\n    return s\n"
     )
-    out = M.remove_comments(code, "python")
+    out = C.remove_comments(code, "python")
     assert "# real comment" not in out and "doc'''" not in out
     assert "'# not a comment'" in out and '"module # string"' in out
     assert '"""module docstring stays"""' in out
-    assert M.remove_comments_and_blank_lines(code, "python") == (
+    assert C.remove_comments_and_blank_lines(code, "python") == (
         'X = "module # string"\n"""module docstring stays"""\n'
         "def f(a):\n    s = '# not a comment'  \n    return s"
     )
@@ -427,11 +428,11 @@ def test_remove_comments_python():
 
 def test_remove_comments_c_like():
     code = 'int f() {\n  // line\n  char c = \'/\'; /* block\n spans */ return g("// no", c);\n}\n'
-    assert M.remove_comments_and_blank_lines(code, "cpp") == (
+    assert C.remove_comments_and_blank_lines(code, "cpp") == (
         "int f() {\n  char c = '/';  return g(\"// no\", c);\n}"
     )
     rust = "fn f<'a>(x: &'a str) -> &'a str { x } // tail\n"
-    assert M.remove_comments(rust, "rust") == "fn f<'a>(x: &'a str) -> &'a str { x } \n"
+    assert C.remove_comments(rust, "rust") == "fn f<'a>(x: &'a str) -> &'a str { x } \n"
 
 
 def test_repoqa_similarity_and_pass():

@@ -6,11 +6,15 @@ from __future__ import annotations
 import pytest
 
 from icae.config import ModelConfig, load_config
-from icae.evaluation.tasks import ContextPolicy, TaskContext, build_qa, build_repoqa
+from icae.evaluation.policy import ContextPolicy
 from icae.models.base import IGNORE
 from icae.models.task_prompts import PromptRule
 from icae.models.templates import Marker
+from icae.tasks import TASKS, TaskContext
 from icae.training.examples import encode_records
+
+build_qa = TASKS["qa"].build_examples
+build_repoqa = TASKS["repoqa"].build_examples
 
 CONTEXT = "Alice was beginning to get very tired of sitting by her sister on the bank."
 SQUAD = {"id": "q0", "context": CONTEXT, "question": "Who was tired?", "answers": ["Alice"]}
@@ -88,7 +92,7 @@ def test_training_sequences_hold_each_evaluated_turn(kind, model_type):
     """Trajectories: whatever the template (Qwen3 re-renders earlier turns), every trained
     turn is preceded by exactly its evaluation prompt (ids and positions) and its target
     is the evaluation reference."""
-    from icae.evaluation.tasks import build_trajectories
+    build_trajectories = TASKS["trajectories"].build_examples
 
     tok = _tokenizer(kind)
     model = _model(tok, model_type, 0)

@@ -108,6 +108,7 @@ def _trained(model):
 def _run(workdir, tmp_path, dataset="squad", **kw):
     """Train in-process and return the trained parameters."""
     from icae.training.examples import encode_records, load_records
+    from icae.testing import Interrupted, interrupt_after
     from icae.training.trainer import train
     from icae.utils import seed_everything
 
@@ -117,9 +118,13 @@ def _run(workdir, tmp_path, dataset="squad", **kw):
     seed_everything(cfg.seed)
     model = build_model(cfg.model)
     examples, _ = encode_records(model, cfg, dataset, load_records(cfg, dataset, "train"), 512)
-    meta = train(model, examples, [], cfg.finetune, output_dir=tmp_path / "out",
-                 resume_dir=tmp_path / "resume", seed=cfg.seed, config_text="",
-                 stop_after_steps=kw.get("stop"))
+    stop = [interrupt_after(kw["stop"])] if kw.get("stop") else None
+    try:
+        meta = train(model, examples, [], cfg.finetune, output_dir=tmp_path / "out",
+                     resume_dir=tmp_path / "resume", seed=cfg.seed, config_text="",
+                     callbacks=stop)
+    except Interrupted as stopped:
+        meta = {"interrupted_at": stopped.step}
     return model, meta
 
 

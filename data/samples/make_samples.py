@@ -109,7 +109,7 @@ def make_trajectories(shared: Path) -> None:
 
 def make_repoqa(model_dir: str) -> None:
     from icae.data.io import SkipLog, write_jsonl
-    from icae.data.repoqa import build_tasks_from_tree
+    from icae.data.repoqa_tree import build_tasks_from_tree
     from icae.models.loading import load_tokenizer
 
     tok = load_tokenizer(model_dir)

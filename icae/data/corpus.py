@@ -38,7 +38,6 @@ from typing import Any, Iterable, Iterator
 
 from icae.config import PretrainDataConfig, TextSource
 from icae.data.io import DataError, SkipLog, bad_record, iter_jsonl, read_text
-from icae.data.tokens import encode
 
 log = logging.getLogger(__name__)
 

@@ -8,14 +8,19 @@ import json
 import logging
 import lzma
 import os
-import tempfile
+import random
 import zlib
 from collections import Counter
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Sequence, TypeVar
+
+from icae.utils import atomic_file, current_umask
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 class DataError(ValueError):
@@ -166,41 +171,23 @@ def read_jsonl(path: str | os.PathLike, *, skip_bad_lines: bool = False,
 
 
 def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> int:
-    """Write one JSON object per line through a temporary file renamed into place; returns
+    """Write one JSON object per line, atomically (:func:`icae.utils.atomic_file`); returns
     the number of rows. ``.gz`` paths are compressed (deterministically: no timestamp)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     n = 0
-    try:
-        with os.fdopen(fd, "wb") as raw:
-            if path.suffix == ".gz":
-                with gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz:
-                    for row in rows:
-                        gz.write((json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8"))
-                        n += 1
-            else:
-                for row in rows:
-                    raw.write((json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8"))
-                    n += 1
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the usual mode
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path, "wb") as raw:
+        out = (gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0)
+               if Path(path).suffix == ".gz" else nullcontext(raw))
+        with out as fh:
+            for row in rows:
+                fh.write((json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8"))
+                n += 1
     return n
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def relax_permissions(root: str | os.PathLike) -> None:
     """Give a folder built through temporary files (0700 / 0600) the usual permissions
     (0777 / 0666 minus the umask), as if it had been created directly."""
-    umask = _umask()
+    umask = current_umask()
     root = Path(root)
     for path in [root, *root.rglob("*")]:
         if path.is_symlink():
@@ -209,12 +196,11 @@ def relax_permissions(root: str | os.PathLike) -> None:
         os.chmod(path, mode & ~umask)
 
 
-def require_fields(row: dict, fields: dict[str, type | tuple[type, ...]]) -> str | None:
-    """The first problem with ``row``'s required fields (missing / wrong type), or None."""
-    for name, tp in fields.items():
-        if name not in row:
-            return f"missing field {name!r}"
-        if not isinstance(row[name], tp):
-            want = tp.__name__ if isinstance(tp, type) else "/".join(t.__name__ for t in tp)
-            return f"field {name!r} must be {want}, got {type(row[name]).__name__}"
-    return None
+
+def seeded_subset(items: Sequence[T], n: int | None, seed: int) -> list[T]:
+    """``n`` of ``items`` drawn with ``seed``, kept in their order (all of them when ``n`` is
+    None or not smaller than their number)."""
+    if n is None or n >= len(items):
+        return list(items)
+    keep = sorted(random.Random(seed).sample(range(len(items)), n))
+    return [items[i] for i in keep]

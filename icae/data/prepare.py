@@ -25,145 +25,23 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from icae.config import DATA_SETS, ExperimentConfig
-from icae.data.io import DataError, SkipLog, relax_permissions, write_jsonl
+from icae import tasks
+from icae.config import ExperimentConfig
+from icae.data.io import DataError, relax_permissions, write_jsonl
 from icae.utils import atomic_directory, atomic_write_json
 
 log = logging.getLogger(__name__)
 
 
 def configured_sets(cfg: ExperimentConfig) -> list[str]:
-    d = cfg.data
-    have = {
-        "pretrain": bool(d.pretrain.sources),
-        "squad": bool(d.squad.train_file or d.squad.eval_file or d.squad.hf_dataset),
-        "repoqa": bool(d.repoqa.release_file or d.repoqa.train_tasks_file
-                       or d.repoqa.source_dirs),
-        "trajectories": bool(d.trajectories.train_file or d.trajectories.eval_file),
-    }
-    return [name for name in DATA_SETS if name in d.build and have[name]]
+    return [t.dataset for t in tasks.TASKS.values()
+            if t.dataset in cfg.data.build and t.configured(cfg.data)]
 
 
 def _tokenizer(cfg: ExperimentConfig):
     from icae.models.loading import load_tokenizer, resolve_model_path
 
     return load_tokenizer(resolve_model_path(cfg.model))
-
-
-def _build_pretrain(cfg, tok, extra_files: dict):
-    from icae.data.corpus import build_pretrain_sets
-
-    documents: list = []
-    out = build_pretrain_sets(cfg.data.pretrain, tok(), cfg.seed,
-                              skip_bad_lines=cfg.data.skip_bad_lines,
-                              progress=cfg.data.progress, train_documents=documents)
-    # The training documents' tokens, for fresh spans every pass (icae.training.spans).
-    extra_files["documents"] = documents
-    return out
-
-
-def _build_squad(cfg, tok):
-    from icae.data.squad import build_squad_sets
-
-    return build_squad_sets(cfg.data.squad, cfg.seed, skip_bad_lines=cfg.data.skip_bad_lines)
-
-
-def build_repoqa_sets(cfg: ExperimentConfig, tokenizer) -> tuple[list[dict], list[dict], dict]:
-    """Eval: the release file's tasks (``num_eval`` of them drawn with the seed, or all when
-    there are fewer). Train: ``train_tasks_file`` plus, up to ``num_train`` in all, tasks
-    built from ``source_dirs``. Without a release file the eval tasks are built from
-    ``source_dirs`` too, from needles that the train tasks do not use."""
-    import random
-
-    from icae.data.repoqa import build_tasks_from_tree, load_release, load_task_jsonl, scan_tree
-
-    r = cfg.data.repoqa
-    skips = {"train": SkipLog(), "eval": SkipLog()}
-    summary: dict = {}
-    eval_tasks: list[dict] = []
-    train_tasks: list[dict] = []
-
-    def pick(tasks: list[dict], n: int, seed: int) -> list[dict]:
-        if n >= len(tasks):
-            return tasks
-        keep = sorted(random.Random(seed).sample(range(len(tasks)), n))
-        return [tasks[i] for i in keep]
-
-    if r.release_file:
-        eval_tasks = pick(load_release(r.release_file, tokenizer, context_tokens=r.context_tokens,
-                                       languages=r.languages, instruction=r.instruction,
-                                       skip_bad_lines=cfg.data.skip_bad_lines,
-                                       skips=skips["eval"]),
-                          r.num_eval, cfg.seed + 1)
-        summary["eval_source"] = str(r.release_file)
-    if r.train_tasks_file:
-        train_tasks = pick(load_task_jsonl(r.train_tasks_file, languages=r.languages,
-                                           skip_bad_lines=cfg.data.skip_bad_lines,
-                                           skips=skips["train"]),
-                           r.num_train, cfg.seed)
-        summary["train_source"] = str(r.train_tasks_file)
-    if r.source_dirs:
-        if "python" not in r.languages:
-            raise DataError("data.repoqa.source_dirs: tasks from source trees are python only; "
-                            "add python to data.repoqa.languages")
-        trees = [scan_tree(d) for d in r.source_dirs]
-        common = dict(context_tokens=r.context_tokens, position_ratios=r.position_ratios,
-                      instruction=r.instruction, trees=trees)
-        if not r.release_file:
-            eval_tasks = build_tasks_from_tree(r.source_dirs, tokenizer, num_tasks=r.num_eval,
-                                               seed=cfg.seed + 1, skips=skips["eval"], **common)
-            summary["eval_source"] = f"source_dirs {r.source_dirs}"
-        need = max(0, r.num_train - len(train_tasks))
-        if need:
-            train_tasks += build_tasks_from_tree(
-                r.source_dirs, tokenizer, num_tasks=need, seed=cfg.seed,
-                exclude_ids=[t["id"] for t in eval_tasks], skips=skips["train"], **common)
-            summary["train_source"] = ", ".join(
-                x for x in (summary.get("train_source"), f"source_dirs {r.source_dirs}") if x)
-    overlap = {t["id"] for t in train_tasks} & {t["id"] for t in eval_tasks}
-    if overlap:
-        raise DataError(f"data.repoqa: {len(overlap)} tasks are in both train and eval (e.g. "
-                        f"{sorted(overlap)[0]}); use different sources")
-    def why(split: str) -> str:
-        counts = skips[split].counts
-        return (f"skipped: {dict(sorted(counts.items()))}"
-                + ("; a needle may take at most half of data.repoqa.context_tokens="
-                   f"{r.context_tokens}: raise it" if counts.get("needle_too_long") else ""))
-
-    if (r.release_file or r.source_dirs) and r.num_eval and not eval_tasks:
-        raise DataError(f"data.repoqa: no eval tasks could be built ({why('eval')})")
-    if (r.train_tasks_file or r.source_dirs) and r.num_train and not train_tasks:
-        raise DataError(f"data.repoqa: no train tasks could be built ({why('train')})")
-
-    def stats(tasks):
-        return {"tasks": len(tasks),
-                "languages": sorted({t["language"] for t in tasks}),
-                "repos": len({t["repo"] for t in tasks}),
-                "mean_context_tokens": (sum(t["context_tokens"] for t in tasks)
-                                        / max(1, len(tasks)))}
-
-    summary.update({"train": stats(train_tasks), "eval": stats(eval_tasks),
-                    "skipped": {k: v.as_dict() for k, v in skips.items()}})
-    return train_tasks, eval_tasks, summary
-
-
-def _build_repoqa(cfg, tok):
-    r = cfg.data.repoqa
-    needs_tok = bool(r.source_dirs) or bool(
-        r.release_file and not str(r.release_file).lower().endswith(
-            (".jsonl", ".jsonl.gz", ".jsonl.xz")))
-    return build_repoqa_sets(cfg, tok() if needs_tok else None)
-
-
-def _build_trajectories(cfg, tok):
-    from icae.data.trajectories import build_trajectory_sets
-
-    return build_trajectory_sets(cfg.data.trajectories, tok(), cfg.seed,
-                                 skip_bad_lines=cfg.data.skip_bad_lines)
-
-
-BUILDERS: dict[str, Callable] = {"pretrain": _build_pretrain, "squad": _build_squad,
-                                 "repoqa": _build_repoqa, "trajectories": _build_trajectories}
 
 
 def prepare_set(cfg: ExperimentConfig, name: str, tokenizer_fn: Callable | None = None) -> dict:
@@ -176,11 +54,8 @@ def prepare_set(cfg: ExperimentConfig, name: str, tokenizer_fn: Callable | None 
         return cache["tok"]
 
     start = time.perf_counter()
-    extra: dict = {}
-    if name == "pretrain":
-        train, eval_set, summary = _build_pretrain(cfg, tok, extra)
-    else:
-        train, eval_set, summary = BUILDERS[name](cfg, tok)
+    prepared = tasks.by_dataset(name).prepare(cfg, tok)
+    train, eval_set = prepared.train, prepared.eval
     out = Path(cfg.data.prepared_dir) / name
     section = dataclasses.asdict(getattr(cfg.data, name))
     with atomic_directory(out) as tmp:
@@ -193,15 +68,12 @@ def prepare_set(cfg: ExperimentConfig, name: str, tokenizer_fn: Callable | None 
                             name, split)
         summary = {"set": name, "files": {f"{k}.jsonl": v for k, v in files.items()},
                    "empty_splits": empty,
-                   **summary, "seed": cfg.seed, "config": section,
+                   **prepared.summary, "seed": cfg.seed, "config": section,
                    "tokenizer": getattr(cache.get("tok"), "name_or_path", None),
                    # Sub-10 ms precision: a small set's records/s needs a non-zero time.
                    "seconds": round(time.perf_counter() - start, 4)}
-        if "documents" in extra:
-            from icae.data.tokens import write_token_documents
-
-            summary["train_documents"] = write_token_documents(
-                tmp / "train_documents", extra["documents"])
+        if prepared.write_extra is not None:
+            summary.update(prepared.write_extra(tmp))
         atomic_write_json(tmp / "summary.json", summary)
         relax_permissions(tmp)
     return summary
@@ -209,18 +81,7 @@ def prepare_set(cfg: ExperimentConfig, name: str, tokenizer_fn: Callable | None 
 
 def _describe(name: str, s: dict) -> str:
     files = ", ".join(f"{k}: {v}" for k, v in s["files"].items())
-    extra = ""
-    if name == "pretrain":
-        extra = (f"; documents read {s['documents_read']}, used {s['documents_used']}, "
-                 f"skipped {s['documents_skipped']['train_sources']['total']}"
-                 f"+{s['documents_skipped']['eval_sources']['total']}; train tokens "
-                 f"{s['train']['tokens']} (ae {s['train']['ae']}, lm {s['train']['lm']})")
-    elif name == "trajectories":
-        extra = "; " + ", ".join(
-            f"{k}: {v['turns']} turns, {v['compressed_messages']} compressed, "
-            f"{v['cut']['messages_truncated']} messages truncated"
-            for k, v in s.items() if isinstance(v, dict) and "turns" in v)
-    return f"{name}: {files}{extra}"
+    return f"{name}: {files}{tasks.by_dataset(name).describe_prepared(s)}"
 
 
 def _timing(s: dict) -> str:
@@ -237,9 +98,9 @@ def run(cfg: ExperimentConfig, args=None) -> dict:
     if not names:
         raise DataError(
             f"prepare-data: nothing to build: data.build={cfg.data.build} but none of these "
-            "sets has inputs configured (data.pretrain.sources, data.squad.train_file/"
-            "eval_file/hf_dataset, data.repoqa.release_file/train_tasks_file/source_dirs, "
-            "data.trajectories.train_file/eval_file)")
+            "sets has inputs configured ("
+            + ", ".join(f"data.{t.dataset}.{t.data_inputs}" for t in tasks.TASKS.values())
+            + ")")
     skipped = [n for n in cfg.data.build if n not in names]
     if skipped:
         log.info("prepare-data: no inputs configured for %s; not built", ", ".join(skipped))

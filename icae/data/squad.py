@@ -15,7 +15,7 @@ import random
 from pathlib import Path
 
 from icae.config import SquadDataConfig
-from icae.data.io import DataError, SkipLog, bad_record, read_json
+from icae.data.io import DataError, SkipLog, bad_record, read_json, seeded_subset
 
 log = logging.getLogger(__name__)
 
@@ -164,14 +164,6 @@ def load_squad(source: str | Path, *, split: str | None = None, config: str | No
                          include_unanswerable=include_unanswerable, skips=skips)
 
 
-def select(records: list[dict], n: int | None, seed: int) -> list[dict]:
-    """``n`` records drawn with ``seed``, kept in file order (all of them when n is None)."""
-    if n is None or n >= len(records):
-        return list(records)
-    keep = sorted(random.Random(seed).sample(range(len(records)), n))
-    return [records[i] for i in keep]
-
-
 def build_squad_sets(scfg: SquadDataConfig, seed: int, *, skip_bad_lines: bool = False
                      ) -> tuple[list[dict], list[dict], dict]:
     """``(train, eval, summary)``. Each split comes from its file when given, else from the
@@ -204,13 +196,13 @@ def build_squad_sets(scfg: SquadDataConfig, seed: int, *, skip_bad_lines: bool =
         rest = sorted(order[n_eval:])
         eval_set = [records[i] for i in eval_idx]
         train_pool = [records[i] for i in rest]
-        train = select(train_pool, scfg.train_size, seed)
+        train = seeded_subset(train_pool, scfg.train_size, seed)
         log.warning("data.squad: train and eval come from the same source %s; drew %d eval "
                     "and %d train questions disjointly", origin["train"], len(eval_set),
                     len(train))
     else:
-        train = select(loaded.get("train", []), scfg.train_size, seed)
-        eval_set = select(loaded.get("eval", []), scfg.eval_size, seed + 1)
+        train = seeded_subset(loaded.get("train", []), scfg.train_size, seed)
+        eval_set = seeded_subset(loaded.get("eval", []), scfg.eval_size, seed + 1)
         overlap = {r["id"] for r in train} & {r["id"] for r in eval_set}
         if overlap:
             raise DataError(f"data.squad: {len(overlap)} question ids are in both the train and "

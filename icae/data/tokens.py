@@ -24,10 +24,6 @@ def encode_batch(tokenizer, texts: Sequence[str], batch_size: int = 256) -> list
     return out
 
 
-def count_tokens(tokenizer, text: str) -> int:
-    return len(encode(tokenizer, text))
-
-
 def decode(tokenizer, ids: Sequence[int]) -> str:
     return tokenizer.decode(list(ids), skip_special_tokens=False,
                             clean_up_tokenization_spaces=False)

@@ -31,11 +31,10 @@ message, the messages before it (with their ``compress`` flags) and the target t
 from __future__ import annotations
 
 import logging
-import random
 from pathlib import Path
 
 from icae.config import TrajectoryDataConfig
-from icae.data.io import DataError, SkipLog, bad_record, iter_jsonl
+from icae.data.io import DataError, SkipLog, bad_record, iter_jsonl, seeded_subset
 from icae.data.tokens import encode_batch, truncate_text
 
 log = logging.getLogger(__name__)
@@ -96,10 +95,7 @@ def load_trajectories(path: str | Path, *, skip_bad_lines: bool = False,
         out.append(rec)
     if not out:
         raise DataError(f"{path}: no valid trajectories (skipped: {dict(skips.counts)})")
-    if limit is not None and limit < len(out):
-        keep = sorted(random.Random(seed).sample(range(len(out)), limit))
-        out = [out[i] for i in keep]
-    return out
+    return seeded_subset(out, limit, seed)
 
 
 def _first_exchange_end(messages: list[dict]) -> int:

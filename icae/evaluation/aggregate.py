@@ -41,25 +41,15 @@ from typing import Any
 
 import pandas as pd
 
+from icae import tasks
+
 log = logging.getLogger(__name__)
 
-DATASET_OF_TASK = {"ae": "pretrain", "qa": "squad", "repoqa": "repoqa",
-                   "trajectories": "trajectories"}
-DATASET_ORDER = ["pretrain", "squad", "repoqa", "trajectories"]
 LAYOUT_ORDER = ["default", "linspace", "epl"]
 ROW_KEYS = ["variant", "model_type", "mem_size", "compression_rate", "position_layout"]
 LONG_COLUMNS = ["run", "variant", "model_type", "baseline", "base_model", "mem_size",
                 "compression_rate", "position_layout", "seed", "task", "dataset", "metric",
                 "value", "n", "checkpoint", "source"]
-# Headline metrics per task (the wide tables and plots); metrics_long.csv keeps all.
-DEFAULT_METRICS = {
-    "ae": ["bleu1", "token_accuracy", "exact_match"],
-    "qa": ["exact_match", "f1", "bleu1"],
-    "repoqa": ["similarity", "pass@0.8", "bleu1"],
-    "trajectories": ["ar_bleu1", "ar_token_accuracy", "tf_token_accuracy", "tf_loss"],
-}
-ROW_LABELS = {"variant": "variant", "model_type": "model", "mem_size": "mem",
-              "compression_rate": "rate", "position_layout": "layout"}
 
 _BRANCH = (r"(?:m(?P<mem>\d+)-r(?P<rate>[0-9.]+)-(?P<layout>[A-Za-z]+)-s(?P<seed>-?\d+)"
            r"|m(?P<bmem>\d+)-r(?P<brate>[0-9.]+)-s(?P<bseed>-?\d+)"
@@ -200,7 +190,7 @@ def read_metrics(paths: list[str | os.PathLike]) -> pd.DataFrame:
             if info.get(col) is not None:
                 df[col] = df[col].where(df[col].notna(), info[col])
         df["dataset"] = df["dataset"].where(df["dataset"].notna(),
-                                            df["task"].map(DATASET_OF_TASK))
+                                            df["task"].map(tasks.dataset_of_task()))
         df["source"] = path
         frames.append(df)
     if not frames:
@@ -234,8 +224,8 @@ def _variant_rank(variant: str) -> tuple:
 
 
 def _dataset_rank(dataset: str) -> str:
-    d = str(dataset)
-    return f"{DATASET_ORDER.index(d):02d}" if d in DATASET_ORDER else f"99{d}"
+    d, order = str(dataset), tasks.datasets()
+    return f"{order.index(d):02d}" if d in order else f"99{d}"
 
 
 def _layout_rank(layout: Any) -> tuple:
@@ -431,7 +421,7 @@ def table_metrics(long: pd.DataFrame, metrics: Metrics) -> dict[str, list[str]]:
     for task in long["task"].dropna().unique():
         names = _metric_order(long, task, metrics)
         if not names:
-            names = _metric_order(long, task, DEFAULT_METRICS) or _metric_order(
+            names = _metric_order(long, task, tasks.headline_metrics()) or _metric_order(
                 long, task, None)
         order[str(task)] = names
     return order
@@ -493,7 +483,7 @@ def run(cfg, args) -> dict[str, Path]:
     inputs = list(getattr(args, "inputs", []) or [])
     if not inputs:
         raise ValueError("no metric files given (--inputs)")
-    metrics = options.get("metrics", DEFAULT_METRICS)
+    metrics = options.get("metrics", tasks.headline_metrics())
     return aggregate(inputs, out, logs=list(getattr(args, "logs", []) or []),
                      metrics=metrics,
                      decimals=int(options.get("decimals", 2)), run_name=cfg.run_name,

@@ -22,12 +22,13 @@ with several seeds, points are means with a ±1 std error bar.
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import pandas as pd
 
-from icae.evaluation.tables import LAYOUT_NAMES, TASK_NAMES, metric_info, variant_name
+from icae.evaluation.tables import LAYOUT_NAMES, metric_info, variant_name
+from icae.tasks import title
+from icae.utils import atomic_file
 
 FORMATS = ("png", "pdf", "svg")
 
@@ -36,11 +37,9 @@ def save_figure(fig, stem: Path) -> Path:
     """Write ``stem``.png/.pdf/.svg (each atomically); return the PNG's path."""
     stem.parent.mkdir(parents=True, exist_ok=True)
     for ext in FORMATS:
-        target = stem.with_suffix(f".{ext}")
-        tmp = target.with_name(f".{target.name}.tmp.{ext}")
-        fig.savefig(tmp, dpi=150 if ext == "png" else None, bbox_inches="tight",
-                    format=ext)
-        os.replace(tmp, target)
+        with atomic_file(stem.with_suffix(f".{ext}"), "wb") as fh:
+            fig.savefig(fh, dpi=150 if ext == "png" else None, bbox_inches="tight",
+                        format=ext)
     return stem.with_suffix(".png")
 
 
@@ -209,7 +208,7 @@ def _lines(sub, compressed, refs, task, metrics, out_dir, plt, kind, x) -> Path:
             ax.minorticks_off()
         ax.set_xlabel(X_LABELS[x])
         ax.set_ylabel(info.header(("↑", "↓")))
-        ax.set_title(f"{TASK_NAMES.get(task, task)}: {info.label}")
+        ax.set_title(f"{title(task)}: {info.label}")
         ax.grid(alpha=0.3)
     return _finish(fig, axes, out_dir / f"{task}_{kind}", plt)
 
@@ -255,6 +254,6 @@ def _bars(sub, task, metrics, out_dir, plt, kind) -> Path:
             ax.set_xticklabels(labels, rotation=30, ha="right", fontsize="small")
             ax.set_xlabel("method")
         ax.set_ylabel(info.header(("↑", "↓")))
-        ax.set_title(f"{TASK_NAMES.get(task, task)}: {info.label}")
+        ax.set_title(f"{title(task)}: {info.label}")
         ax.grid(alpha=0.3, axis="y")
     return _finish(fig, axes, out_dir / f"{task}_{kind}", plt)

@@ -1,7 +1,8 @@
 """``python -m icae evaluate``: ICAE or the plain-LLM baseline on one task.
 
-Tasks (``evaluation.task``) and their data (``<data.prepared_dir>/...``), prompts and
-metrics are described in :mod:`icae.evaluation.tasks`. The model is built from
+Tasks (``evaluation.task``) and their data (``<data.prepared_dir>/<data set>/eval.jsonl``),
+prompts and metrics are the modules of :mod:`icae.tasks`; the metric rows and files are
+built by :mod:`icae.evaluation.summary`. The model is built from
 ``model.*`` and, when ``evaluation.checkpoint`` is set, the trained parameters stored
 there; with ``checkpoint: null`` the untrained model is evaluated (LoRA adapters are the
 identity at initialisation; ICAE's memory and marker embeddings are random, drawn after
@@ -23,7 +24,7 @@ contexts ICAE would keep as text because of ``model.min_compress_len`` stay whol
 Examples: the first ``evaluation.num_samples`` rows of the file in file order (for
 trajectories: the first N trajectories); decoding is greedy with a KV cache, in batches
 of ``evaluation.batch_size`` prompts grouped by length (longest first, ties in file
-order), so runs are deterministic. Budgets (:func:`icae.config.max_new_tokens_for`): qa and
+order), so runs are deterministic. Budgets (:meth:`icae.tasks.base.Task.max_new_tokens`): qa and
 repoqa take ``evaluation.max_new_tokens_by_task.<task>`` when set, else the task's default
 (repoqa: 1024, the official RepoQA harness's ``max_new_tokens``), else
 ``evaluation.max_new_tokens``; ae and trajectories decode the reference length plus one
@@ -73,45 +74,24 @@ its decoding (``prefill_tokens``, ``reused_tokens``, ``cache_tokens`` and
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
-import math
 import os
 import time
-from collections import defaultdict
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from icae.config import BUDGETED_TASKS, max_new_tokens_for
+from icae import tasks
+from icae.data.io import iter_jsonl, write_jsonl
 from icae.evaluation import metrics as M
-from icae.evaluation.tasks import (BUILDERS, DATASETS, ContextPolicy, Example, TaskContext,
-                                   finite, load_rows, score)
+from icae.evaluation.policy import ContextPolicy
+from icae.evaluation.summary import build_summary, finite, metrics_csv, summarize
 from icae.models.base import IGNORE, collate
-from icae.utils import atomic_write_json, atomic_write_jsonl, atomic_write_text
+from icae.tasks import Example, Task, TaskContext
+from icae.utils import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
-
-CSV_COLUMNS = ("run", "variant", "model_type", "baseline", "base_model", "task", "dataset",
-               "mem_size", "compression_rate", "compression_rate_configured",
-               "compression_rate_effective", "position_layout", "checkpoint", "metric",
-               "value", "n")
-
-# Metrics reported per task (before the common token and timing metrics).
-TASK_METRICS = {
-    "ae": ("bleu1", "token_accuracy", "exact_match"),
-    "qa": ("exact_match", "f1", "bleu1"),
-    "repoqa": ("similarity", "pass@0.8", "similarity_pass@0.8", "best_needle_match", "bleu1"),
-    "trajectories": ("ar_bleu1", "ar_token_accuracy", "ar_exact_match", "tf_token_accuracy",
-                     "tf_loss", "tf_exact_match",
-                     # the seed's definitions (icae.evaluation.metrics, "seed_*")
-                     "ar_seed_token_accuracy", "ar_seed_exact_match_first_line", "tf_bleu1",
-                     "tf_seed_exact_match_first_line"),
-}
-PERCENT = {("qa", "exact_match"), ("qa", "f1")}  # as the official SQuAD v1.1 script
 
 
 def output_dir(cfg) -> Path:
@@ -124,11 +104,36 @@ def output_dir(cfg) -> Path:
 def run(cfg, args=None) -> dict:
     """CLI entry point (``python -m icae evaluate``)."""
     summary = evaluate(cfg, overwrite=bool(getattr(args, "overwrite", False)))
-    log.info("evaluate %s: %s -> %s", cfg.evaluation.task,
+    task = tasks.get(cfg.evaluation.task)
+    log.info("evaluate %s: %s -> %s", task.name,
              ", ".join(f"{k}={v:.4g}" for k, v in summary["metrics"].items()
-                       if k in TASK_METRICS[cfg.evaluation.task] and v is not None),
+                       if k in task.metrics and v is not None),
              summary["output_dir"])
     return summary
+
+
+def load_rows(cfg, task: Task) -> tuple[Path, list[dict]]:
+    """The first ``evaluation.num_samples`` rows (file order) of the task's eval file."""
+    path = task.prepared_file(cfg, "eval")
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path}: evaluation data for task {task.name!r} is missing; run "
+            "`python -m icae prepare-data --config ...` first (data.prepared_dir="
+            f"{cfg.data.prepared_dir!r})")
+    numbered = list(iter_jsonl(path, skip_bad_lines=cfg.data.skip_bad_lines))
+    if cfg.evaluation.num_samples is not None:
+        numbered = numbered[: cfg.evaluation.num_samples]
+    if not numbered:
+        raise ValueError(f"{path}: the evaluation data set is empty")
+    rows = []
+    for lineno, row in numbered:
+        missing = [k for k in task.eval_fields if k not in row]
+        if missing:
+            raise ValueError(f"{path}:{lineno}: record lacks field(s) {', '.join(missing)}; "
+                             f"was it prepared for task {task.name!r}?")
+        row.setdefault("id", f"line{lineno}")
+        rows.append(row)
+    return path, rows
 
 
 def check_checkpoint(path: str | None, model_cfg) -> dict | None:
@@ -182,9 +187,10 @@ def evaluate(cfg, model=None, overwrite: bool = False) -> dict:
     from icae.utils import seed_everything
 
     e = cfg.evaluation
-    task = e.task
-    if task not in BUILDERS:
-        raise ValueError(f"evaluation.task: unknown task {task!r}")
+    try:
+        task = tasks.get(e.task)
+    except ValueError as exc:
+        raise ValueError(f"evaluation.task: {exc}") from None
     out_dir = output_dir(cfg)
     data_path, rows = load_rows(cfg, task)
     meta = check_checkpoint(e.checkpoint, cfg.model)
@@ -205,35 +211,27 @@ def evaluate(cfg, model=None, overwrite: bool = False) -> dict:
         raise ValueError("evaluation.baseline: the truncate and no_context baselines read "
                          "plain text: set model.model_type=llm")
     policy = ContextPolicy(model_cfg, e.baseline, model=model)
-    needles = None
-    if task == "repoqa":  # every needle of each repository, not only the evaluated tasks'
-        from icae.data.io import iter_jsonl
-        from icae.evaluation.tasks import repo_needles
-
-        needles = repo_needles(row for _, row in iter_jsonl(
-            data_path, skip_bad_lines=cfg.data.skip_bad_lines))
     trained = None
     if meta is not None and model_cfg.model_type == "icae":
         from icae.models.checkpoint import trained_markers
 
         trained = trained_markers(meta, e.checkpoint)
-    tctx = TaskContext(cfg, model.prompts, policy, list(model.stop_ids), needles=needles,
-                       trained_markers=trained)
+    tctx = TaskContext(cfg, model.prompts, policy, list(model.stop_ids),
+                       data=task.evaluation_data(cfg, data_path), trained_markers=trained)
     try:
-        examples = BUILDERS[task](rows, tctx)
+        examples = task.build_examples(rows, tctx)
     except ValueError as exc:
         raise ValueError(f"evaluation.checkpoint={e.checkpoint}: {exc}") from None
     if not examples:
-        raise ValueError(f"{data_path}: no example to evaluate for task {task!r}"
-                         + (" (each trajectory needs at least two assistant messages)"
-                            if task == "trajectories" else ""))
-    log.info("evaluate %s on %d examples from %s (%s%s)", task, len(examples), data_path,
+        raise ValueError(f"{data_path}: no example to evaluate for task {task.name!r}"
+                         + task.no_examples_hint)
+    log.info("evaluate %s on %d examples from %s (%s%s)", task.name, len(examples), data_path,
              model_cfg.model_type, f", baseline {e.baseline}" if e.baseline != "none" else "")
 
     from icae.evaluation import decoding as D
 
     with D.inference_settings(model, e) as memory_stats:
-        incremental = task == "trajectories" and e.incremental_turns
+        incremental = task.turns and e.incremental_turns
         reason = D.incremental_unsupported_reason(model, examples) if incremental else None
         if reason:
             log.warning("evaluation.incremental_turns: full prompts per turn instead (%s)",
@@ -242,7 +240,7 @@ def evaluate(cfg, model=None, overwrite: bool = False) -> dict:
         gen = (D.generate_turns_incrementally(model, examples, e.progress) if incremental
                else generate_examples(model, examples, e.batch_size, e.progress))
         tf = (teacher_forced_scores(model, examples, e.batch_size, e.progress)
-              if task == "trajectories" else None)
+              if task.teacher_forced else None)
     gen["memory_cache"] = memory_stats
     gen["incremental_turns"] = incremental
 
@@ -251,7 +249,7 @@ def evaluate(cfg, model=None, overwrite: bool = False) -> dict:
     for i, ex in enumerate(examples):
         ids = gen["ids"][i]
         text = tok.decode(ids, skip_special_tokens=True)
-        scores = score(task, ex, text, ids)
+        scores = task.score(ex, text, ids)
         timings = dict(gen["timings"][i])
         if tf is not None:
             scores.update(tf[i]["metrics"])
@@ -274,7 +272,7 @@ def evaluate(cfg, model=None, overwrite: bool = False) -> dict:
 
     wall = time.perf_counter() - t_start
     metrics = summarize(task, records, gen, wall, policy)
-    summary = _summary(cfg, model_cfg, task, data_path, out_dir, metrics, meta, model)
+    summary = build_summary(cfg, model_cfg, task, data_path, out_dir, metrics, meta, model)
     summary["trained_markers"] = None if trained is None else sorted(trained)
     summary["prompt_markers"] = prompt_markers(examples)
 
@@ -284,7 +282,7 @@ def evaluate(cfg, model=None, overwrite: bool = False) -> dict:
 
     # All outputs or none: written beside, then swapped in with one rename.
     with atomic_directory(out_dir) as tmp:
-        atomic_write_jsonl(tmp / "predictions.jsonl", records)
+        write_jsonl(tmp / "predictions.jsonl", records)
         write_resolved_config(cfg, tmp)
         atomic_write_json(tmp / "summary.json", summary)
         atomic_write_text(tmp / "metrics.csv", metrics_csv(cfg, model_cfg, task, metrics))
@@ -406,224 +404,3 @@ def teacher_forced_text_scores(tok, pred_ids: list[int], target_ids: list[int]) 
     ref = tok.decode(target_ids, skip_special_tokens=True).strip()
     return {"tf_bleu1": M.bleu1(ref, hyp),
             "tf_seed_exact_match_first_line": M.seed_exact_match_first_line(hyp, ref)}
-
-
-# ---------------------------------------------------------------------------------------
-# Aggregation
-
-
-def _mean(values) -> tuple[float | None, int]:
-    vals = [float(v) for v in values
-            if v is not None and not (isinstance(v, float) and math.isnan(v))]
-    if not vals:
-        return None, 0
-    return math.fsum(vals) / len(vals), len(vals)
-
-
-def _ratio(num: float, den: float) -> float | None:
-    rate = M.compression_stats([num], [den])["overall_rate"]
-    return rate if math.isfinite(rate) else None
-
-
-def summarize(task: str, records: list[dict], gen: dict, wall: float,
-              policy: ContextPolicy) -> list[tuple[str, Any, int]]:
-    """Metric rows ``(metric, value, n)``; ``name[key=value]`` rows break a metric down
-    (repoqa: by needle position and language; trajectories: by turn index)."""
-    rows: list[tuple[str, Any, int]] = []
-    n = len(records)
-
-    def add_means(names, recs, suffix=""):
-        for name in names:
-            value, k = _mean(r["metrics"].get(name) for r in recs)
-            if value is not None and (task, name) in PERCENT:
-                value *= 100.0
-            rows.append((f"{name}{suffix}", value, k))
-
-    names = TASK_METRICS[task]
-    rows.append(("num_examples", n, n))
-    add_means(names, records)
-
-    if task == "repoqa":
-        for key in ("position_ratio", "language"):
-            values = sorted({r[key] for r in records if key in r}, key=str)
-            if key == "language" and len(values) < 2:
-                continue
-            for v in values:
-                add_means(names, [r for r in records if r.get(key) == v], f"[{key}={v}]")
-
-    if task == "trajectories":
-        by_traj: dict[str, list[dict]] = defaultdict(list)
-        for r in records:
-            by_traj[r["trajectory_id"]].append(r)
-        rows.append(("num_trajectories", len(by_traj), len(by_traj)))
-        for name in names:
-            means = [_mean(t["metrics"].get(name) for t in turns)[0]
-                     for turns in by_traj.values()]
-            rows.append((f"trajectory_{name}", *_mean(means)))
-        # Each trajectory's last evaluated turn holds every observation seen so far.
-        last = [max(turns, key=lambda t: t["turn"]) for turns in by_traj.values()]
-        c = sum(t["context_tokens"] for t in last)
-        m = sum(t["memory_tokens"] for t in last)
-        rows.append(("trajectory_context_tokens_total", c, len(last)))
-        rows.append(("trajectory_memory_tokens_total", m, len(last)))
-        rows.append(("trajectory_compression_rate", _ratio(c, m), len(last)))
-        for turn in sorted({r["turn"] for r in records}):
-            recs = [r for r in records if r["turn"] == turn]
-            add_means(names, recs, f"[turn={turn}]")
-            rows.append((f"compression_rate[turn={turn}]",
-                         _ratio(sum(r["context_tokens"] for r in recs),
-                                sum(r["memory_tokens"] for r in recs)), len(recs)))
-
-    ctx = sum(r["context_tokens"] for r in records)
-    mem = sum(r["memory_tokens"] for r in records)
-    rows.append(("context_tokens_total", ctx, n))
-    rows.append(("memory_tokens_total", mem, n))
-    if policy.is_icae:
-        rows.append(("memory_slots_total", sum(r["memory_slots"] for r in records), n))
-    rows.append(("compression_rate", _ratio(ctx, mem), n))
-    contexts = sum(r.get("contexts", 0) for r in records)
-    rows.append(("contexts_compressed_fraction",
-                 sum(r.get("contexts_compressed", 0) for r in records) / contexts
-                 if contexts else None, n))
-    rows.append(("prompt_tokens_mean", _mean(r["prompt_tokens"] for r in records)[0], n))
-
-    generated = sum(r["generated_tokens"] for r in records)
-    rows.append(("generated_tokens_total", generated, n))
-    rows.append(("compress_time_s", gen["compress_s"], n))
-    rows.append(("generate_time_s", gen["generate_s"], n))
-    rows.append(("prefill_time_s", gen.get("prefill_s"), n))
-    rows.append(("decode_time_s", gen.get("decode_s"), n))
-    cache = gen.get("memory_cache") or {}
-    if cache:
-        rows.append(("memory_cache_hits", cache["hits"], n))
-        rows.append(("memory_cache_misses", cache["misses"], n))
-    if gen.get("kv_cache_peak_bytes"):
-        rows.append(("kv_cache_peak_bytes", gen["kv_cache_peak_bytes"], n))
-    rows.append(("latency_s", _mean(r["timings"]["latency_s"] for r in records)[0], n))
-    rows.append(("tokens_per_second", M.throughput(gen["decoded_tokens"], gen["generate_s"]),
-                 n))
-    if task == "trajectories":
-        rows.append(("teacher_forced_time_s",
-                     math.fsum(r["timings"]["teacher_forced_s"] for r in records), n))
-    rows.append(("wall_time_s", wall, n))
-    return [(name, finite(v), k) for name, v, k in rows]
-
-
-UNITS = {
-    "bleu1": "fraction [0,1], NLTK sentence BLEU-1 with offline word tokenisation",
-    "token_accuracy": "fraction of reference tokens predicted at the same position",
-    "exact_match": "qa: percent (official SQuAD v1.1); ae: fraction of exact strings",
-    "f1": "percent (official SQuAD v1.1, max over gold answers)",
-    "similarity": "RepoQA function similarity in [0,1]",
-    "pass@0.8": ("RepoQA's official pass@0.8 (evalplus compute_score): the most similar of "
-                 "the repository's needles is the target and its similarity >= 0.8"),
-    "similarity_pass@0.8": ("fraction with similarity to the target >= 0.8, without the "
-                            "best-match condition (looser than pass@0.8)"),
-    "best_needle_match": "fraction whose most similar repository needle is the target",
-    "ar_*": "autoregressive (greedy) prediction vs the turn's target",
-    "tf_*": "teacher-forced: argmax accuracy / mean cross-entropy (nats) on target tokens",
-    "tf_exact_match": "teacher-forced: 1 when every target token is the argmax prediction",
-    "tf_bleu1": "teacher-forced (seed): BLEU-1 of the decoded argmax predictions vs targets",
-    "*seed_exact_match_first_line": ("the seed's exact match: normalised first lines equal "
-                                     "(looser than exact_match)"),
-    "ar_seed_token_accuracy": ("the seed's token accuracy: equal positions / the longer of "
-                               "prediction and reference (extra tokens count as errors)"),
-    "trajectory_*": "mean over trajectories of the per-trajectory mean over turns",
-    "compression_rate": ("effective rate measured on the evaluated examples: context tokens "
-                         "/ decoder positions standing for them (= compression_rate_effective)"),
-    "contexts_compressed_fraction": "fraction of contexts ICAE compresses (the rest stay text)",
-    "*_time_s": "seconds, summed over batches",
-    "latency_s": "mean per example (batch time / batch size)",
-    "prefill_time_s": "seconds of prompt prefill (included in generate_time_s)",
-    "decode_time_s": "seconds of token decoding (included in generate_time_s)",
-    "memory_cache_*": "contexts served from / encoded into the memory cache (ICAE)",
-    "kv_cache_peak_bytes": "largest decoder KV cache of one trajectory (incremental turns)",
-    "tokens_per_second": "tokens decoded (every row, up to its batch's budget) / generate time",
-}
-
-
-def _summary(cfg, model_cfg, task, data_path, out_dir, metrics, meta, model) -> dict:
-    e = cfg.evaluation
-    is_icae = model_cfg.model_type == "icae"
-    return {
-        "run": cfg.run_name,
-        "variant": e.variant,
-        "task": task,
-        "dataset": DATASETS[task][0],
-        "data_file": str(data_path),
-        "model_type": model_cfg.model_type,
-        "baseline": e.baseline,
-        "base_model": model_cfg.base_model,
-        "checkpoint": e.checkpoint,
-        "checkpoint_meta": {k: v for k, v in (meta or {}).items()
-                            if k not in ("tensors", "base_fingerprint")} or None,
-        "mem_size": model_cfg.mem_size if is_icae or e.baseline == "truncate" else None,
-        "mean_compression_rate": (model_cfg.mean_compression_rate
-                                  if is_icae or e.baseline == "truncate" else None),
-        "position_layout": model_cfg.position_layout if is_icae else None,
-        "compression_rate_configured": _configured_rate(cfg, model_cfg),
-        "compression_rate_effective": _effective_rate(metrics),
-        "num_examples": next(v for k, v, _ in metrics if k == "num_examples"),
-        "metrics": {k: v for k, v, _ in metrics},
-        "n": {k: c for k, _, c in metrics},
-        "units": UNITS,
-        "generation": {"decoding": "greedy", "kv_cache": True, "batch_size": e.batch_size,
-                       "kv_cache_mode": e.decoding, "memory_cache": e.memory_cache,
-                       "incremental_turns": e.incremental_turns if task == "trajectories"
-                       else None,
-                       "max_new_tokens": (max_new_tokens_for(e, task)
-                                          if task in BUDGETED_TASKS
-                                          else "reference length + 1")},
-        "device": str(model.device),
-        "output_dir": str(out_dir),
-        "files": {"predictions": "predictions.jsonl", "metrics": "metrics.csv",
-                  "config": "config.yaml"},
-    }
-
-
-def _configured_rate(cfg, model_cfg) -> float | None:
-    """``model.mean_compression_rate`` where it sets the budget (ICAE, truncate baseline)."""
-    if model_cfg.model_type == "icae" or cfg.evaluation.baseline == "truncate":
-        return model_cfg.mean_compression_rate
-    return None
-
-
-def _effective_rate(metrics) -> float | None:
-    """The rate measured on the data: all context tokens of the evaluated examples over the
-    decoder positions that stand for them (memory slots, plus the tokens of contexts kept
-    as text). Below the configured rate when contexts are short or stay text."""
-    return next((v for k, v, _ in metrics if k == "compression_rate"), None)
-
-
-def metrics_csv(cfg, model_cfg, task: str, metrics) -> str:
-    """Long format; ``mem_size``, ``compression_rate`` and ``position_layout`` describe
-    ICAE's configuration and are blank for the LLM (the truncate baseline keeps
-    ``mem_size`` and ``compression_rate``: they set its budget).
-
-    ``compression_rate_configured`` repeats the configured rate (same blanks as
-    ``compression_rate``, kept for readers of that column); ``compression_rate_effective``
-    is the rate measured on the evaluated examples (:func:`_effective_rate`; 1.0 for the
-    full-context LLM, blank when no context is kept), on every row of the run."""
-    e = cfg.evaluation
-    is_icae = model_cfg.model_type == "icae"
-    budget = is_icae or e.baseline == "truncate"
-    common = {
-        "run": cfg.run_name, "variant": e.variant, "model_type": model_cfg.model_type,
-        "baseline": e.baseline, "base_model": model_cfg.base_model, "task": task,
-        "dataset": DATASETS[task][0],
-        "mem_size": model_cfg.mem_size if budget else "",
-        "compression_rate": model_cfg.mean_compression_rate if budget else "",
-        "compression_rate_configured": model_cfg.mean_compression_rate if budget else "",
-        "compression_rate_effective": ("" if _effective_rate(metrics) is None
-                                       else _effective_rate(metrics)),
-        "position_layout": model_cfg.position_layout if is_icae else "",
-        "checkpoint": e.checkpoint or "",
-    }
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    for name, value, n in metrics:
-        writer.writerow({**common, "metric": name, "value": "" if value is None else value,
-                         "n": n})
-    return buf.getvalue()
-

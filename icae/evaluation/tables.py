@@ -29,9 +29,8 @@ from typing import Any
 
 import pandas as pd
 
-# Written in percent by icae evaluate (the official SQuAD script's scale); keep in step
-# with icae.evaluation.run.PERCENT (a test checks).
-ALREADY_PERCENT = {("qa", "exact_match"), ("qa", "f1")}
+from icae import tasks
+
 # Scores in [0, 1] in metrics.csv, shown in percent.
 FRACTIONS = {"bleu1", "token_accuracy", "exact_match", "f1", "similarity", "pass@0.8"}
 UP, DOWN, NEUTRAL = 1, -1, 0
@@ -52,19 +51,7 @@ METRICS = {
     "wall_time_s": ("Wall time (s)", DOWN),
 }
 PREFIXES = {"ar_": " (AR)", "tf_": " (TF)"}
-TASK_NAMES = {"ae": "Autoencoding", "qa": "SQuAD", "repoqa": "RepoQA",
-              "trajectories": "Trajectories"}
-TASK_CAPTIONS = {
-    "ae": "Autoencoding: reconstruction of held-out pre-training contexts from memory",
-    "qa": "SQuAD question answering",
-    "repoqa": "RepoQA needle-function retrieval",
-    "trajectories": "Agent trajectories: next-action prediction with compressed "
-                    "observations (AR: generated, TF: teacher-forced)",
-}
-DATASET_NAMES = {"pretrain": "pre-training", "squad": "SQuAD", "repoqa": "RepoQA",
-                 "trajectories": "trajectories"}
 LAYOUT_NAMES = {"default": "default", "linspace": "linspace", "epl": "EPL"}
-KEY_COLUMNS = ["Method", "Mem", "Rate", "Eff. rate", "Layout"]
 
 
 @dataclass(frozen=True)
@@ -97,7 +84,7 @@ def metric_info(task: str, metric: str) -> MetricInfo:
     label, direction = METRICS.get(name, (metric, NEUTRAL))
     if name not in METRICS:
         return MetricInfo(metric, NEUTRAL, 1.0)
-    percent = name in FRACTIONS and (task, metric) not in ALREADY_PERCENT
+    percent = name in FRACTIONS and (task, metric) not in tasks.percent_metrics()
     return MetricInfo(label + mode + (" per traj." if per_traj else "") + suffix,
                       direction, 100.0 if percent else 1.0)
 
@@ -112,7 +99,8 @@ def variant_name(variant: str) -> str:
     for prefix, text in (("icae-ft-", "ICAE, fine-tuned"), ("llm-ft-", "LLM, fine-tuned")):
         if v.startswith(prefix):
             ds = v[len(prefix):]
-            return f"{text} ({DATASET_NAMES.get(ds, ds)})"
+            known = {t.dataset: t.dataset_title for t in tasks.TASKS.values()}
+            return f"{text} ({known.get(ds, ds)})"
     return v
 
 
@@ -127,7 +115,8 @@ class Table:
     name: str
     caption: str
     label: str
-    keys: pd.DataFrame                      # KEY_COLUMNS that apply, one row per method
+    keys: pd.DataFrame                      # Method, Mem, Rate, Eff. rate, Layout: those
+                                            # that apply, one row per method
     columns: list[tuple[str, MetricInfo]]   # (column id, info)
     mean: pd.DataFrame                      # column id -> values on the shown scale
     std: pd.DataFrame
@@ -289,7 +278,7 @@ def build_table(long: pd.DataFrame, metric_columns: list[tuple[str, str]], *, na
 
     seeds = part("n").fillna(0)
     units = []
-    if any(info.factor == 100.0 or (t, m) in ALREADY_PERCENT
+    if any(info.factor == 100.0 or (t, m) in tasks.percent_metrics()
            for (t, m), info in zip(metric_columns, infos)):
         units.append("scores in %")
     if any(info.label.startswith("Loss") for info in infos):
@@ -320,33 +309,39 @@ def paper_tables(long: pd.DataFrame, order: dict[str, list[str]], *, run: str,
                  model: str) -> list[Table]:
     """One table per task (its selected metrics, ``order``: task -> metrics) and a
     summary table of each task's first metric."""
-    from icae.evaluation.aggregate import DATASET_OF_TASK, _dataset_rank
+    from icae.evaluation.aggregate import _dataset_rank
 
-    tasks = sorted((t for t in order if order[t]),
-                   key=lambda t: _dataset_rank(DATASET_OF_TASK.get(t, t)))
+    dataset_of = tasks.dataset_of_task()
+    names = sorted((t for t in order if order[t]),
+                   key=lambda t: _dataset_rank(dataset_of.get(t, t)))
     tables = []
-    for task in tasks:
+    for task in names:
         sub = long[long["task"] == task]
         n = pd.to_numeric(sub.loc[sub["metric"].isin(order[task]), "n"], errors="coerce")
         size = f" ({int(n.max())} examples)" if n.notna().any() else ""
-        caption = (f"{TASK_CAPTIONS.get(task, task)}{size}. Base model {model}, "
+        known = tasks.TASKS.get(task)
+        caption = (f"{known.caption if known else task}{size}. Base model {model}, "
                    f"run {run}.")
         tables.append(build_table(sub, [(task, m) for m in order[task]], name=task,
                                   caption=caption, run=run, effective_rate=True))
-    if tasks:
+    if names:
         caption = ("Summary: the headline metric of every task ("
-                   + ", ".join(f"{TASK_NAMES.get(t, t)}: "
-                               f"{metric_info(t, order[t][0]).label}" for t in tasks)
+                   + ", ".join(f"{tasks.title(t)}: "
+                               f"{metric_info(t, order[t][0]).label}" for t in names)
                    + f"). Base model {model}, run {run}. Fine-tuned rows: each model "
                    "fine-tuned on the task's own training data.")
-        summary = build_table(long, [(t, order[t][0]) for t in tasks], name="summary",
+        summary = build_table(long, [(t, order[t][0]) for t in names], name="summary",
                               caption=caption, run=run, effective_rate=False)
-        summary.columns = [(cid, MetricInfo(f"{TASK_NAMES.get(cid.split('/')[0], '')} "
+        summary.columns = [(cid, MetricInfo(f"{_known_title(cid.split('/')[0])} "
                                             f"{info.label}".strip(), info.direction,
                                             info.factor))
                            for cid, info in summary.columns]
         tables.append(summary)
     return tables
+
+
+def _known_title(task: str) -> str:
+    return tasks.TASKS[task].title if task in tasks.TASKS else ""
 
 
 def short_model_name(base_model: str) -> str:

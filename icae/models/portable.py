@@ -43,7 +43,6 @@ PEFT_DIR = "peft"
 EMBEDDINGS = "embeddings.safetensors"
 TOKENIZER_DIR = "tokenizer"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
-ADAPTER_CONFIG = "adapter_config.json"
 MARKERS = ("ae", "lm", "ft")
 
 

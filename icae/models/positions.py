@@ -54,7 +54,7 @@ import math
 
 import torch
 
-from icae.config import POSITION_LAYOUTS as LAYOUTS, SLOT_RULES  # noqa: F401
+from icae.config import SLOT_RULES
 
 
 def num_segments(length: int, mem_size: int, rate: float) -> int:

@@ -1,6 +1,6 @@
-"""One prompt function per task, shared by training (:mod:`icae.training.examples`) and
-evaluation (:mod:`icae.evaluation.tasks`), so that a model is evaluated on exactly the
-prompt layout it was trained on.
+"""One prompt function per task, shared by training and evaluation (both in the task's
+module of :mod:`icae.tasks`), so that a model is evaluated on exactly the prompt layout it
+was trained on.
 
 What a prompt may contain is a :class:`PromptRule`:
 

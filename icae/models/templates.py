@@ -272,7 +272,3 @@ def compressed_conversation(messages: list[dict], encode) -> tuple[list[dict], l
             out.append({"role": msg["role"], "content": msg["content"]})
     return out, contexts
 
-
-def strip_markers(pieces: list[Piece]) -> list[Piece]:
-    """The plain-LLM view of a prompt: no learned markers."""
-    return [p for p in pieces if not isinstance(p, Marker)]

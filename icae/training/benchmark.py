@@ -15,7 +15,6 @@ per example, and peak GPU memory (CUDA only; on CPU peak memory is not measured)
 from __future__ import annotations
 
 import gc
-import json
 import logging
 import time
 

@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
 
+from icae import tasks
 from icae.config import ExperimentConfig
 from icae.models.base import EncodedPrompt
-from icae.models.task_prompts import (PromptRule, first_target_index, qa_prompt,
-                                      repoqa_answer, repoqa_prompt, trajectory_sequences)
 from icae.models.templates import Piece
 
 log = logging.getLogger(__name__)
@@ -22,47 +20,10 @@ log = logging.getLogger(__name__)
 TASK_AE, TASK_LM, TASK_FT = 0, 1, 2
 
 
-def is_icae(model) -> bool:
-    return model.compresses_contexts
-
-
 def pretrain_pieces(model, rec: dict) -> tuple[list[Piece], int]:
     if rec["task"] == "ae":
         return model.prompts.autoencoding(rec["context_ids"]), TASK_AE
     return model.prompts.language_modelling(rec["context_ids"], rec["continuation_ids"]), TASK_LM
-
-
-# Fine-tuning prompts come from icae.models.task_prompts, the functions evaluation uses; a
-# training run may use every marker (it trains those it uses), so the rule has no marker
-# restriction here.
-
-
-def squad_pieces(model, rec: dict, prompt: str, answer: str | None) -> list[Piece]:
-    return qa_prompt(model.prompts, PromptRule.for_model(model),
-                     model.prompts.encode(rec["context"]), rec["question"], prompt, answer)
-
-
-def repoqa_pieces(model, rec: dict, instruction: str, answer: str | None) -> list[Piece]:
-    return repoqa_prompt(model.prompts, PromptRule.for_model(model),
-                         model.prompts.encode(rec["context"]), rec["description"],
-                         instruction, answer)
-
-
-def trajectory_sequences_of(model, rec: dict, upto: int | None = None) -> list[list[Piece]]:
-    """The training sequences of a trajectory's first ``upto`` messages (one, or one per
-    target turn for templates that re-render earlier turns: see
-    :func:`icae.models.task_prompts.trajectory_sequences`)."""
-    messages = rec["messages"][:upto] if upto else rec["messages"]
-    return trajectory_sequences(model.prompts, messages)
-
-
-def trajectory_pieces(model, rec: dict, upto: int | None = None) -> list[Piece]:
-    """The single training sequence of a trajectory (prefix-stable templates only)."""
-    seqs = trajectory_sequences_of(model, rec, upto)
-    if len(seqs) != 1:
-        raise ValueError("this chat template re-renders earlier turns: the trajectory is "
-                         "one sequence per target turn (use trajectory_sequences_of)")
-    return seqs[0]
 
 
 def markers_in(model, encoded: list[EncodedPrompt]) -> list[str]:
@@ -106,72 +67,39 @@ def _fit(enc: EncodedPrompt, max_length: int, stats: BuildStats, placeholder_id:
     return enc
 
 
+def keep_example(enc: EncodedPrompt, max_length: int, stats: BuildStats, model
+                 ) -> list[EncodedPrompt]:
+    """``[enc]`` cut to ``max_length`` (never through a memory), or ``[]`` with the reason
+    counted when it has no target tokens (left)."""
+    if enc.num_target_tokens == 0:
+        stats.skip("no target tokens")
+        return []
+    fitted = _fit(enc, max_length, stats, getattr(model, "placeholder_id", None))
+    if fitted is None:
+        return []
+    if fitted.num_target_tokens == 0:
+        stats.skip("no target tokens within max_length")
+        return []
+    stats.examples += 1
+    return [fitted]
+
+
 def encode_records(model, cfg: ExperimentConfig, dataset: str, records: list[dict],
                    max_length: int) -> tuple[list[EncodedPrompt], BuildStats]:
-    """Encode every record of ``dataset`` (pretrain, squad, repoqa, trajectories)."""
+    """Encode every record of ``dataset`` with its task's training prompt
+    (:meth:`icae.tasks.base.Task.training_examples`)."""
+    task = tasks.by_dataset(dataset)
     stats = BuildStats()
     out: list[EncodedPrompt] = []
-    ph = getattr(model, "placeholder_id", None)
     for rec in records:
-        if dataset == "pretrain":
-            pieces, task = pretrain_pieces(model, rec)
-            enc = model.encode(pieces, task=task)
-        elif dataset == "squad":
-            answers = rec.get("answers") or []
-            if not answers:
-                stats.skip("no gold answer")
-                continue
-            enc = model.encode(squad_pieces(model, rec, cfg.data.squad.prompt, answers[0]))
-        elif dataset == "repoqa":
-            enc = model.encode(repoqa_pieces(model, rec, cfg.data.repoqa.instruction,
-                                             repoqa_answer(rec)))
-        elif dataset == "trajectories":
-            seqs = [model.encode(p) for p in trajectory_sequences_of(model, rec)]
-            if len(seqs) == 1:
-                upto = len(rec["messages"])
-                enc = seqs[0]
-                # Drop whole trailing turns rather than cut through an observation's memory.
-                while len(enc.input_ids) > max_length and upto > 4:
-                    upto -= 2
-                    enc = model.encode(trajectory_pieces(model, rec, upto))
-                if upto < len(rec["messages"]):
-                    stats.truncated += 1
-            else:
-                # One sequence per target turn, each longer than the one before: keep those
-                # that fit whole (a cut would drop the target at their end).
-                fitting = [e for e in seqs if len(e.input_ids) <= max_length]
-                if len(fitting) < len(seqs):
-                    stats.truncated += 1
-                for e in fitting[:-1]:
-                    if e.num_target_tokens:
-                        out.append(e)
-                        stats.examples += 1
-                if not fitting:
-                    stats.skip("first target turn does not fit max_length")
-                    continue
-                enc = fitting[-1]
-        else:
-            raise ValueError(f"unknown data set {dataset!r}")
-        if enc.num_target_tokens == 0:
-            stats.skip("no target tokens")
-            continue
-        fitted = _fit(enc, max_length, stats, ph)
-        if fitted is not None and fitted.num_target_tokens > 0:
-            out.append(fitted)
-            stats.examples += 1
-        elif fitted is not None:
-            stats.skip("no target tokens within max_length")
+        out += task.training_examples(model, cfg, rec, max_length, stats)
     return out, stats
-
-
-def prepared_file(cfg: ExperimentConfig, dataset: str, split: str) -> Path:
-    return Path(cfg.data.prepared_dir) / dataset / f"{split}.jsonl"
 
 
 def load_records(cfg: ExperimentConfig, dataset: str, split: str) -> list[dict]:
     from icae.data.io import read_jsonl
 
-    path = prepared_file(cfg, dataset, split)
+    path = tasks.by_dataset(dataset).prepared_file(cfg, split)
     if not path.is_file():
         raise FileNotFoundError(
             f"{path} does not exist: run `python -m icae prepare-data` for {dataset} first")

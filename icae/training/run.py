@@ -8,7 +8,6 @@ to keep untrained marker embeddings out of prompts (:mod:`icae.models.task_promp
 from __future__ import annotations
 
 import logging
-import random
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -101,10 +100,11 @@ def pretrain(cfg: ExperimentConfig, args=None) -> dict:
         train_set, eval_set, stats = _build(cfg, "pretrain", t, model)
     ae_contexts = []
     if t.eval_steps and t.ae_bleu_samples:
+        from icae.data.io import seeded_subset
+
         records = [r for r in load_records(cfg, "pretrain", "eval") if r["task"] == "ae"]
-        rng = random.Random(cfg.seed)
-        ae_contexts = [r["context_ids"] for r in
-                       rng.sample(records, min(t.ae_bleu_samples, len(records)))]
+        ae_contexts = [r["context_ids"]
+                       for r in seeded_subset(records, t.ae_bleu_samples, cfg.seed)]
     # Fresh spans are encoded when read: one example per objective shows their markers.
     marker_examples = (train_set.representatives() if hasattr(train_set, "representatives")
                        else train_set)

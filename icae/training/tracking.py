@@ -121,7 +121,3 @@ def start_run(cfg, stage: str, resume_dir: Path):
              rid, ", resumed" if resumed else "", directory)
     return run
 
-
-def finish_run(run) -> None:
-    if run is not None:
-        run.finish()

@@ -400,10 +400,6 @@ def training_arguments(t: TrainingConfig, resume_dir: Path, seed: int, has_eval:
     )
 
 
-def last_checkpoint(resume_dir: Path) -> str | None:
-    return resume_mod.last_complete_checkpoint(resume_dir)
-
-
 def avoid_cudnn_attention_backward() -> bool:
     """Take cuDNN out of SDPA's backends for training on CUDA.
 
@@ -422,24 +418,26 @@ def avoid_cudnn_attention_backward() -> bool:
 
 def train(model, train_examples, eval_examples, t: TrainingConfig, *, output_dir: Path,
           resume_dir: Path, seed: int, config_text: str, ae_contexts=None,
-          extra_meta: dict | None = None, stop_after_steps: int | None = None,
-          resume_policy: resume_mod.ResumePolicy | None = None) -> dict:
+          extra_meta: dict | None = None,
+          resume_policy: resume_mod.ResumePolicy | None = None,
+          callbacks: list[TrainerCallback] | None = None) -> dict:
     """Train, resuming from ``resume_dir`` when it holds a checkpoint; write the final
-    checkpoint (trained parameters + config + logs) atomically to ``output_dir``."""
+    checkpoint (trained parameters + config + logs) atomically to ``output_dir``.
+    ``callbacks``: more Trainer callbacks, after the run's own."""
     decision = resume_mod.decide(resume_dir, output_dir, resume_policy)
     avoid_cudnn_attention_backward()
     resume_dir.mkdir(parents=True, exist_ok=True)
     args = training_arguments(t, resume_dir, seed, bool(eval_examples),
                               fsdp_layers=fsdp_layer_classes(model) if t.fsdp else None)
+    extra_callbacks = list(callbacks or [])
     callbacks = [LogFileCallback(resume_dir, quiet_lines=not (t.progress and sys.stderr.isatty()))]
     if ae_contexts:
         callbacks.append(AEBleuCallback(model, ae_contexts,
                                         max(len(c) for c in ae_contexts) + 2))
-    if stop_after_steps is not None:
-        callbacks.append(_StopAfter(stop_after_steps))
     if t.max_train_seconds:
         callbacks.append(_StopAtTime(t.max_train_seconds))
     callbacks.append(StopOnSignal())
+    callbacks += extra_callbacks
     separation = (SeparationMonitor(t.separation_warning_examples)
                   if t.separation_warning_examples and model.compresses_contexts else None)
     stage = getattr(resume_policy, "stage", "pretrain")
@@ -478,9 +476,6 @@ def train(model, train_examples, eval_examples, t: TrainingConfig, *, output_dir
         result = resume_mod.restore_finished(trainer, model, resume)
     else:
         result = trainer.train(resume_from_checkpoint=resume)
-    if stop_after_steps is not None and trainer.state.global_step < (
-            args.max_steps if args.max_steps > 0 else math.inf):
-        return {"interrupted_at": trainer.state.global_step}
     write_log_files(trainer.state.log_history, resume_dir)
     extra_files = {name: (resume_dir / name).read_text() for name in ("log.csv", "log.jsonl")}
     per_step = (args.per_device_train_batch_size * args.gradient_accumulation_steps
@@ -589,7 +584,7 @@ class StopOnSignal(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         if self.received is not None:
             log.warning("signal %d received: saving at step %d and stopping",
-                           self.received, state.global_step)
+                        self.received, state.global_step)
             control.should_training_stop = True
             control.should_save = True
 
@@ -600,13 +595,3 @@ class StopOnSignal(TrainerCallback):
             signal.signal(sig, previous)
         self._previous = {}
 
-
-class _StopAfter(TrainerCallback):
-    """Test hook: behave like an interruption after ``steps`` optimizer steps."""
-
-    def __init__(self, steps: int):
-        self.steps = steps
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step >= self.steps:
-            control.should_training_stop = True

@@ -44,9 +44,11 @@ except ImportError:  # not installed: use the checkout that holds this workflow
 SCHEMA_PATH = Path(workflow.basedir) / "schemas" / "config.schema.yaml"
 
 # Downstream data set -> evaluation task, and back (ae evaluates on the pretrain set).
-TASK_OF_DATASET = {"squad": "qa", "repoqa": "repoqa", "trajectories": "trajectories"}
-DATASET_OF_TASK = {"ae": "pretrain", **{t: d for d, t in TASK_OF_DATASET.items()}}
-ALL_DATASETS = ("pretrain", "squad", "repoqa", "trajectories")
+from icae.tasks import dataset_of_task, datasets, task_of_dataset  # noqa: E402
+
+TASK_OF_DATASET = task_of_dataset()
+DATASET_OF_TASK = dataset_of_task()
+ALL_DATASETS = datasets()
 EXPERIMENT_KEYS = (
     "run_name",
     "output_root",

@@ -184,8 +184,12 @@ class TrainingConfig:
     # workflow output so an interrupted job picks up where it stopped.
     output_dir: str | None = None
     resume_dir: str | None = None
-    # finetune only: which data set, and the ICAE checkpoint to start from.
+    # finetune only: which data set.
     dataset: str = "squad"
+    # The checkpoint to start from (finetune: the pre-trained ICAE; pretrain: continue from
+    # it). pretrain with max_steps 0 adopts it as it is: the pretrain step checks that it
+    # fits model.* and the base model and writes it as its output (the quickstart starts
+    # from the shipped checkpoints/smollm2-135m-icae this way).
     init_checkpoint: str | None = None
     learning_rate: float = 1e-4
     # Learning rate of the learned memory-slot and marker embeddings (null: learning_rate).
@@ -457,8 +461,10 @@ def _validate_training(t: TrainingConfig, section: str) -> None:
     for name in ("per_device_train_batch_size", "per_device_eval_batch_size",
                  "gradient_accumulation_steps", "logging_steps", "save_steps", "max_length"):
         _require(getattr(t, name) >= 1, f"{section}.{name}", "must be >= 1")
-    _require(t.max_steps == -1 or t.max_steps >= 1, f"{section}.max_steps",
-             "must be -1 (use num_train_epochs) or >= 1")
+    _require(t.max_steps == -1 or t.max_steps >= 1
+             or (t.max_steps == 0 and section == "pretrain" and t.init_checkpoint is not None),
+             f"{section}.max_steps", "must be -1 (use num_train_epochs) or >= 1 (0: only "
+             "for pretrain with an init_checkpoint, adopted without training)")
     _require(t.num_train_epochs > 0, f"{section}.num_train_epochs", "must be > 0")
     _require(t.warmup_steps >= 0, f"{section}.warmup_steps", "must be >= 0")
     _require(t.max_grad_norm >= 0, f"{section}.max_grad_norm", "must be >= 0")

@@ -235,3 +235,32 @@ def test_training_takes_cudnn_out_of_sdpa_on_cuda(monkeypatch):
     assert calls == [False]
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert avoid_cudnn_attention_backward() is False and calls == [False]
+
+
+def test_pretrain_adopts_an_init_checkpoint_with_zero_steps(workdir, tmp_path):
+    """The quickstart's path: a shipped pre-trained checkpoint becomes the pretrain output
+    unchanged (max_steps 0), after the same settings check as finetune's init_checkpoint."""
+    import shutil
+
+    from icae.models.checkpoint import read_weights
+    from icae.training.run import pretrain
+
+    pretrain(cfg_for(workdir, tmp_path / "a"))
+    shipped = tmp_path / "shipped"
+    shutil.copytree(tmp_path / "a" / "t" / "pretrain", shipped)
+    (shipped / "trained.safetensors").unlink()  # shipped folders hold the portable layout
+    meta = pretrain(cfg_for(workdir, tmp_path / "b", f"pretrain.init_checkpoint={shipped}",
+                            "pretrain.max_steps=0"))
+    out = tmp_path / "b" / "t" / "pretrain"
+    assert meta["adopted_from"] == str(shipped) and meta["global_step"] == 2
+    assert read_meta(out)["trained_markers"] == ["ae", "lm"]
+    assert (out / "log.csv").read_text() == (shipped / "log.csv").read_text()
+    assert not (tmp_path / "b" / "t" / "pretrain.resume").exists()  # nothing was trained
+    a = read_weights(tmp_path / "a" / "t" / "pretrain" / "trained.safetensors")
+    b = read_weights(out / "trained.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(ValueError, match="model.mem_size=4"):
+        pretrain(cfg_for(workdir, tmp_path / "c", f"pretrain.init_checkpoint={shipped}",
+                         "pretrain.max_steps=0", "model.mem_size=8"))
+    with pytest.raises(ValueError, match="pretrain.max_steps"):
+        cfg_for(workdir, tmp_path / "d", "pretrain.max_steps=0")

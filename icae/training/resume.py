@@ -165,6 +165,19 @@ def file_sha256(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+def checkpoint_digest(directory: str | os.PathLike) -> str | None:
+    """sha256 over a checkpoint folder's weight files (trained.safetensors or the portable
+    peft/embedding files), by relative path; None when it holds none."""
+    root = Path(directory)
+    files = sorted(p for p in root.rglob("*.safetensors") if p.is_file())
+    if not files:
+        return None
+    h = hashlib.sha256()
+    for path in files:
+        h.update(str(path.relative_to(root)).encode() + b"\0" + file_sha256(path).encode())
+    return h.hexdigest()
+
+
 def tracked_config(cfg, stage: str, model=None) -> dict:
     """What can change the weights a ``stage`` run produces (see the module docstring)."""
     from icae.config import to_dict
@@ -180,14 +193,11 @@ def tracked_config(cfg, stage: str, model=None) -> dict:
     dataset = "pretrain" if stage == "pretrain" else t.dataset
     if stage == "pretrain":
         training.pop("dataset", None)
-        training.pop("init_checkpoint", None)
-    elif t.init_checkpoint:
-        from icae.models.checkpoint import WEIGHTS
-
-        weights = Path(t.init_checkpoint) / WEIGHTS
+    if t.init_checkpoint:
         training["init_checkpoint"] = {"path": str(t.init_checkpoint),
-                                       "weights_sha256": file_sha256(weights)
-                                       if weights.is_file() else None}
+                                       "weights_sha256": checkpoint_digest(t.init_checkpoint)}
+    elif stage == "pretrain":
+        training.pop("init_checkpoint", None)
     data = to_dict(cfg.data)
     out = {
         "model": m,

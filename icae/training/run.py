@@ -87,8 +87,11 @@ def pretrain(cfg: ExperimentConfig, args=None) -> dict:
         raise ValueError("model.model_type: pretrain trains ICAE; the llm baseline is only "
                          "fine-tuned")
     seed_everything(cfg.seed)
-    model = build_model(cfg.model)
     t = cfg.pretrain
+    _check_init(cfg, t, "pretrain")
+    model = build_model(cfg.model, checkpoint=t.init_checkpoint)
+    if t.init_checkpoint and t.max_steps == 0:
+        return _adopt(cfg, t, model)
     docs_dir = Path(cfg.data.prepared_dir) / "pretrain" / "train_documents"
     if docs_dir.is_dir():
         train_set, eval_set, stats = _fresh_spans(cfg, t, model, docs_dir)
@@ -122,12 +125,7 @@ def finetune(cfg: ExperimentConfig, args=None) -> dict:
     t = cfg.finetune
     if cfg.model.model_type == "llm" and t.init_checkpoint:
         log.info("llm baseline: starting from %s", t.init_checkpoint)
-    if t.init_checkpoint and not Path(t.init_checkpoint).is_dir():
-        raise FileNotFoundError(f"finetune.init_checkpoint={t.init_checkpoint!r} does not exist")
-    if t.init_checkpoint:
-        from icae.models.checkpoint import check_settings, read_meta
-
-        check_settings(read_meta(t.init_checkpoint), cfg.model, t.init_checkpoint)
+    _check_init(cfg, t, "finetune")
     model = build_model(cfg.model, checkpoint=t.init_checkpoint)
     train_set, eval_set, stats = _build(cfg, t.dataset, t, model)
     out, resume = _dirs(cfg, t, f"finetune-{t.dataset}-{cfg.model.model_type}")
@@ -144,6 +142,39 @@ def finetune(cfg: ExperimentConfig, args=None) -> dict:
                                  "examples": stats.examples,
                                  "trained_markers": sorted(markers)},
                      resume_policy=_policy(cfg, "finetune", model, args))
+
+
+def _check_init(cfg: ExperimentConfig, t: TrainingConfig, stage: str) -> None:
+    """``<stage>.init_checkpoint`` exists and was trained with this config's model.*."""
+    if not t.init_checkpoint:
+        return
+    if not Path(t.init_checkpoint).is_dir():
+        raise FileNotFoundError(f"{stage}.init_checkpoint={t.init_checkpoint!r} does not exist")
+    from icae.models.checkpoint import check_settings, read_meta
+
+    check_settings(read_meta(t.init_checkpoint), cfg.model, t.init_checkpoint)
+
+
+def _adopt(cfg: ExperimentConfig, t: TrainingConfig, model) -> dict:
+    """pretrain with max_steps 0: the (already loaded and checked) init_checkpoint becomes
+    this run's pre-trained checkpoint, with its own training record kept."""
+    from icae.models.checkpoint import read_meta, save_checkpoint
+
+    origin = read_meta(t.init_checkpoint)
+    keep = ("global_step", "examples_seen", "train_runtime_s", "train_samples_per_second",
+            "gpu", "trained_markers", "run_config")
+    meta = {k: origin[k] for k in keep if k in origin}
+    meta.update(stage="pretrain", adopted_from=str(t.init_checkpoint), examples=0)
+    out, _ = _dirs(cfg, t, "pretrain")
+    # Its training log travels with it (every pretrain output has a log.csv).
+    logs = {name: (Path(t.init_checkpoint) / name).read_text(encoding="utf-8")
+            for name in ("log.csv", "log.jsonl") if (Path(t.init_checkpoint) / name).is_file()}
+    logs.setdefault("log.csv", "step\n")
+    save_checkpoint(model, out, config_text=dump_config(cfg), extra=meta, extra_files=logs)
+    log.info("pretrain: adopted %s as %s (trained %s steps, %s examples, elsewhere); no "
+             "training here (pretrain.max_steps=0)", t.init_checkpoint, out,
+             origin.get("global_step"), origin.get("examples_seen"))
+    return meta
 
 
 @contextmanager

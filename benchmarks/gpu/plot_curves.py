@@ -1,6 +1,8 @@
 """Learning curves of the pre-training runs: AE and LM loss against examples seen.
 
     python benchmarks/gpu/plot_curves.py docs/results/2026-12-01-h200 docs/results/smollm2-135m-curves.png
+    python benchmarks/gpu/plot_curves.py docs/results/2026-12-02-h200 \
+        docs/results/smollm2-135m-curves-2026-12-02.png 40k
 """
 
 import sys
@@ -13,10 +15,15 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 RUNS = {"epl-dec": "EPL, decoder LoRA", "epl-frozen": "EPL, frozen decoder",
-        "linspace-dec": "linspace, decoder LoRA"}
+        "linspace-dec": "linspace, decoder LoRA",
+        # 2026-12-02: LoRA r16 on every linear layer, lr 1e-3
+        "s128-dec": "120-token spans, decoder LoRA",
+        "s128-frozen": "120-token spans, frozen decoder",
+        "s128-frozen-scaled": "120-token spans, frozen, memory rescaled",
+        "s448-dec": "448-token spans, decoder LoRA"}
 
 
-def main(folder: str, out: str) -> None:
+def main(folder: str, out: str, ae_only: str = "20k") -> None:
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     for name, label in RUNS.items():
         path = Path(folder) / f"pretrain-{name}.log.csv"
@@ -34,7 +41,7 @@ def main(folder: str, out: str) -> None:
         axes[1].plot(bleu["step"] * per_step, bleu["eval_ae_bleu1"], marker="o",
                      color=line.get_color(), label=label)
     axes[0].set(xlabel="training examples seen", ylabel="loss (nats / token)",
-                title="AE and LM loss (AE-only until 20k examples)")
+                title=f"AE and LM loss (AE-only until {ae_only} examples)")
     axes[1].set(xlabel="training examples seen", ylabel="AE BLEU-1 (16 held-out spans)",
                 title="reconstruction of held-out eval spans", ylim=(0, 1))
     for ax in axes:
@@ -46,4 +53,4 @@ def main(folder: str, out: str) -> None:
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:3])
+    main(*sys.argv[1:4])

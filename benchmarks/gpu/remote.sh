@@ -53,7 +53,8 @@ start_runs() {
 stop_run() {  # SIGTERM to the run's main process only (data-loader workers share its
   # command line, and a worker killed under it would crash the run before it saves)
   local pid
-  pid=$(pgrep -o -f "output_dir=results/$1/pretrain") && kill -TERM "$pid" \
+  # Anchored: a shell whose command line merely mentions the run must not match.
+  pid=$(pgrep -o -f "^$PY -m icae pretrain .*output_dir=results/$1/pretrain") && kill -TERM "$pid" \
     && echo "stopping $1 (pid $pid): it saves and ends"
 }
 
@@ -132,7 +133,7 @@ resume)
   ;;
 finish)
   [ "${STOP_RUNS:-1}" = 1 ] && for name in $(run_names); do stop_run $name; done
-  while pgrep -f "icae pretrain" > /dev/null; do sleep 5; done
+  while pgrep -f "^$PY -m icae pretrain " > /dev/null; do sleep 5; done
   progress
   BEST=${BEST:?BEST=<run name> picks the run that is fine-tuned on SQuAD}
   export STORE BEST RUNSET

@@ -217,8 +217,8 @@ def test_default_config_is_quickstart(tmp_path):
     qs = _placeholder_tree(tmp_path)
     shutil.move(qs, tmp_path / "configs" / "quickstart.yaml")
     jobs = scheduled(tmp_path, None)
-    assert ("pretrain", "branch=m16-r4-epl-s42") in jobs
-    # A partial config file: quickstart's values must not leak in (mem_size 16, data).
+    assert ("pretrain", "branch=m32-r4-epl-s42") in jobs
+    # A partial config file: quickstart's values must not leak in (mem_size 32, data).
     partial = write_config(tmp_path / "partial.yaml", {
         "run_name": "partial", "model": {"mem_size": 8, "max_encoder_tokens": 1024},
         "data": {"squad": {"hf_dataset": "squad"}},

@@ -34,14 +34,22 @@ COMMANDS = {
     "benchmark-inference": ("icae.evaluation.inference_benchmark", "run",
                             "time ICAE against the full-context LLM at inference (compression, "
                             "prefill, decode; QA, batched throughput, agent turns)"),
-    "show-config": ("icae.cli", "show_config", "print the resolved config"),
+    "show-config": ("icae.cli", "show_config",
+                    "print the resolved config (--explain: every key's type, default, bounds "
+                    "and help)"),
+    "schema": ("icae.schema", "run",
+               "write the workflow's JSON schema generated from icae/config.py "
+               "(workflow/schemas/config.schema.yaml)"),
 }
 
 
 def show_config(cfg, args) -> None:
-    from icae.config import dump_config
+    from icae.config import dump_config, explain_config
 
-    sys.stdout.write(dump_config(cfg))
+    if args.explain is not None:
+        sys.stdout.write(explain_config(cfg, args.explain))
+    else:
+        sys.stdout.write(dump_config(cfg))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,6 +69,16 @@ def build_parser() -> argparse.ArgumentParser:
                            help="resume from this Trainer checkpoint on purpose; the "
                                 "optimisation settings (learning rate, schedule, ...) may "
                                 "differ from the run that made it and take effect")
+        if name == "show-config":
+            p.add_argument("--explain", nargs="?", const="", default=None, metavar="PREFIX",
+                           help="list each key (or those under PREFIX, e.g. model) with its "
+                                "type, current value, default, bounds and help")
+        if name == "schema":
+            p.add_argument("--out", default=None, metavar="FILE",
+                           help="write here (default: stdout)")
+            p.add_argument("--check", action="store_true",
+                           help="fail when FILE (default: workflow/schemas/"
+                                "config.schema.yaml) differs from the generated schema")
         if name == "evaluate":
             p.add_argument("--overwrite", action="store_true",
                            help="replace existing outputs even when they are read-only")

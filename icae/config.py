@@ -16,6 +16,7 @@ import dataclasses
 import difflib
 import math
 import os
+import textwrap
 import types
 import typing
 from dataclasses import dataclass, field
@@ -547,6 +548,56 @@ def config_from_dict(data: dict) -> ExperimentConfig:
     cfg = _build(ExperimentConfig, data)
     validate(cfg)
     return cfg
+
+
+def explain_config(cfg: ExperimentConfig, prefix: str = "") -> str:
+    """Every leaf key (under ``prefix``) with its type, value, default, bounds and help."""
+    lines = []
+
+    def walk(obj: Any, default: Any, where: str) -> None:
+        hints = typing.get_type_hints(type(obj))
+        for f in dataclasses.fields(obj):
+            key = f"{where}.{f.name}" if where else f.name
+            value, base = getattr(obj, f.name), getattr(default, f.name)
+            if dataclasses.is_dataclass(value):
+                walk(value, base, key)
+                continue
+            if prefix and not (key == prefix or key.startswith(prefix + ".")):
+                continue
+            meta = f.metadata
+            tp = hints[f.name]
+            shown = yaml.safe_dump(to_dict_value(value), default_flow_style=True,
+                                   width=10**6).strip().removesuffix("...").strip()
+            type_name = (str(tp).replace("typing.", "") if typing.get_origin(tp)
+                         else _type_name(tp))
+            head = f"{key} ({type_name}) = {shown}"
+            notes = []
+            if value != base:
+                notes.append(f"default {to_dict_value(base)!r}")
+            if "choices" in meta:
+                notes.append("one of " + ", ".join(meta["choices"]))
+            if bounds_text(meta):
+                notes.append(bounds_text(meta))
+            items = meta.get("items", {})
+            if "choices" in items:
+                notes.append("items one of " + ", ".join(items["choices"]))
+            if bounds_text(items):
+                notes.append("items " + bounds_text(items))
+            lines.append(head + (f"  [{'; '.join(notes)}]" if notes else ""))
+            if meta.get("help"):
+                lines.extend(textwrap.wrap(meta["help"], 88, initial_indent="    ",
+                                           subsequent_indent="    "))
+
+    walk(cfg, ExperimentConfig(), "")
+    if not lines:
+        raise ValueError(f"{prefix}: no such key or section")
+    return "\n".join(lines) + "\n"
+
+
+def to_dict_value(value: Any) -> Any:
+    if isinstance(value, list):
+        return [to_dict_value(v) for v in value]
+    return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
 
 
 def dump_config(cfg: ExperimentConfig) -> str:

@@ -69,3 +69,50 @@ def test_resolved_config_round_trips(tmp_path):
     path = write_resolved_config(cfg, tmp_path)
     again = load(path)
     assert again == cfg
+
+
+def test_every_field_has_help():
+    import dataclasses
+
+    from icae.config import ExperimentConfig
+
+    def walk(cls, prefix):
+        for f in dataclasses.fields(cls):
+            assert f.metadata.get("help"), f"{prefix}{f.name}: no help in its field metadata"
+            if dataclasses.is_dataclass(f.default_factory if f.default_factory
+                                        is not dataclasses.MISSING else None):
+                walk(f.default_factory, f"{prefix}{f.name}.")
+
+    walk(ExperimentConfig, "")
+    from icae.config import TextSource
+    walk(TextSource, "data.pretrain.sources[].")
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("data.pretrain.eval_size=-1", "data.pretrain.eval_size: must be >= 0, got -1"),
+    ("data.trajectories.max_observation_tokens=15",
+     "data.trajectories.max_observation_tokens: must be >= 16"),
+    ("model.lora_dropout=1", "model.lora_dropout: must be in [0, 1), got 1"),
+    ("finetune.max_train_seconds=0", "finetune.max_train_seconds: must be > 0 or null"),
+    ("pretrain.report_to=[tensorboard]", "pretrain.report_to[0]: must be one of wandb, none"),
+    ("model.lora_target_modules=[]", "model.lora_target_modules: must not be empty"),
+    ("data.repoqa.position_ratios=[0.5,1.5]", "data.repoqa.position_ratios[1]: must be in [0, 1]"),
+    ("model.mean_compression_rate=.inf", "model.mean_compression_rate: must be finite"),
+])
+def test_bounds_from_field_metadata(override, needle):
+    with pytest.raises(ValueError) as info:
+        load_config(None, [override])
+    assert needle in str(info.value)
+
+
+def test_show_config_explain(capsys):
+    from icae.cli import main
+
+    assert main(["show-config", "--explain", "data.trajectories", "data.trajectories.max_turns=3"]) == 0
+    out = capsys.readouterr().out
+    assert "data.trajectories.max_turns (int | None) = 3  [default None; >= 1]" in out
+    assert "Assistant turns kept per trajectory" in out
+    assert "model." not in out
+    with pytest.raises(SystemExit):
+        main(["show-config", "--explain", "--help"])
+    assert "--explain" in capsys.readouterr().out

@@ -140,6 +140,38 @@ def test_schema_matches_dataclasses():
     assert source_defaults == to_dict(TextSource())
 
 
+def test_committed_schema_is_the_generated_one():
+    """workflow/schemas/config.schema.yaml is generated from icae/config.py
+    (`python -m icae schema --out workflow/schemas/config.schema.yaml`)."""
+    from icae.schema import render_schema
+
+    assert SCHEMA.read_text(encoding="utf-8") == render_schema(), (
+        "workflow/schemas/config.schema.yaml is stale: run "
+        "`python -m icae schema --out workflow/schemas/config.schema.yaml`")
+
+
+def test_schema_bounds_are_the_config_bounds():
+    """The three keys whose bounds once disagreed between the schema and validate()."""
+    import jsonschema
+
+    from icae.config import ExperimentConfig, config_from_dict, to_dict
+
+    schema = yaml.safe_load(SCHEMA.read_text())
+    for section, key, bad, good in [("pretrain", "eval_size", -1, 0),
+                                    ("trajectories", "max_observation_tokens", 15, 16),
+                                    ("trajectories", "max_turns", 0, 1)]:
+        for value, ok in ((bad, False), (good, True)):
+            data = to_dict(ExperimentConfig())
+            data["data"][section][key] = value
+            schema_ok = jsonschema.Draft202012Validator(schema).is_valid(data)
+            try:
+                config_from_dict(data)
+                config_ok = True
+            except ValueError:
+                config_ok = False
+            assert schema_ok == config_ok == ok, (section, key, value, schema_ok, config_ok)
+
+
 # ---------------------------------------------------------------------------------------
 # Lint, format, dry runs of the shipped configs.
 

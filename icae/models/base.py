@@ -14,12 +14,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from icae.config import ModelConfig
+from icae.models.objectives import Objective
 from icae.models.templates import Piece, PromptBuilder
 
 IGNORE = -100
-# Training objectives by task id (EncodedPrompt.task): autoencoding, language modelling,
-# fine-tuning; each has its marker and its loss columns (``ae_loss``, ``lm_loss``, ...).
-OBJECTIVES = ("ae", "lm", "ft")
 
 
 @dataclass
@@ -31,7 +29,7 @@ class EncodedPrompt:
     labels: list[int]
     position_ids: list[int]
     contexts: list[tuple[list[int], int]] = field(default_factory=list)
-    task: int = 0  # 0 autoencoding, 1 language modelling, 2 fine-tuning
+    task: int = Objective.AE  # an Objective (an int: it is batched as a tensor)
 
     @property
     def num_target_tokens(self) -> int:
@@ -257,13 +255,13 @@ class LoRAWrappedModel(nn.Module):
             denom = denom.to(per_token.device)
         out = {"loss": per_token.sum() / denom, "num_tokens": count}
         if label_task is not None:
-            sums = torch.zeros(len(OBJECTIVES), device=per_token.device, dtype=torch.float32)
+            sums = torch.zeros(len(Objective), device=per_token.device, dtype=torch.float32)
             sums.index_add_(0, label_task, per_token.detach().float())
-            counts = torch.bincount(label_task, minlength=len(OBJECTIVES))
-            for tid, name in enumerate(OBJECTIVES):
-                out[f"{name}_loss_sum"] = sums[tid]
-                out[f"{name}_tokens"] = counts[tid]
-                out[f"{name}_loss"] = sums[tid] / counts[tid].clamp(min=1)
+            counts = torch.bincount(label_task, minlength=len(Objective))
+            for obj in Objective:
+                out[obj.loss_sum_key] = sums[obj]
+                out[obj.tokens_key] = counts[obj]
+                out[obj.loss_key] = sums[obj] / counts[obj].clamp(min=1)
         return out
 
     def _cache_kwarg(self) -> str:

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from icae.models.objectives import MARKERS
 from icae.utils import atomic_directory, atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -300,7 +301,7 @@ def trained_markers(meta: dict, directory: str | Path | None = None) -> frozense
     if meta.get("model_type") != "icae":
         return frozenset()
     if meta.get("stage") == "finetune":
-        return frozenset(("ae", "lm", "ft"))
+        return frozenset(MARKERS)
     ratio = 0.5
     if directory is not None and (Path(directory) / "config.yaml").is_file():
         import yaml

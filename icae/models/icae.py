@@ -20,10 +20,11 @@ from torch import nn
 
 from icae.config import ModelConfig
 from icae.models import positions as P
-from icae.models.base import IGNORE, OBJECTIVES, EncodedPrompt, LoRAWrappedModel
+from icae.models.base import IGNORE, EncodedPrompt, LoRAWrappedModel
+from icae.models.objectives import Objective
 from icae.models.templates import Context, Marker, Piece, Text
 
-MARKER_INDEX = {name: i for i, name in enumerate(OBJECTIVES)}  # [AE], [LM], [FT] rows
+MARKER_INDEX = {o.marker: int(o) for o in Objective}
 
 
 class ICAE(LoRAWrappedModel):
@@ -66,7 +67,7 @@ class ICAE(LoRAWrappedModel):
     def segments(self, length: int) -> list[tuple[int, int, int]]:
         return P.segments(length, self.mem_size, self.rate, self.cfg.slot_rule)
 
-    def encode(self, pieces: list[Piece], task: int = 2) -> EncodedPrompt:
+    def encode(self, pieces: list[Piece], task: int = Objective.FT) -> EncodedPrompt:
         """Turn prompt pieces into decoder ids (with memory placeholders), labels and
         position ids for the configured layout (formulas in :mod:`icae.models.positions`)."""
         ids: list[int] = []

@@ -7,6 +7,7 @@ import torch
 
 from icae.config import ModelConfig
 from icae.models.base import IGNORE, EncodedPrompt, LoRAWrappedModel
+from icae.models.objectives import Objective
 from icae.models.templates import Context, Marker, Piece, Text
 
 
@@ -16,7 +17,7 @@ class PlainLLM(LoRAWrappedModel):
         super().__init__(base_model, tokenizer, cfg)
         self.decoder_adapter = "llm"
 
-    def encode(self, pieces: list[Piece], task: int = 2) -> EncodedPrompt:
+    def encode(self, pieces: list[Piece], task: int = Objective.FT) -> EncodedPrompt:
         ids: list[int] = []
         labels: list[int] = []
         for piece in pieces:

@@ -37,13 +37,14 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from icae.models.objectives import MARKERS
+
 log = logging.getLogger(__name__)
 
 PEFT_DIR = "peft"
 EMBEDDINGS = "embeddings.safetensors"
 TOKENIZER_DIR = "tokenizer"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
-MARKERS = ("ae", "lm", "ft")
 
 
 def write_portable(model, directory: str | Path) -> None:

@@ -35,11 +35,12 @@ import re
 from dataclasses import dataclass, field
 from typing import Sequence
 
+from icae.models.objectives import MARKERS
+
 _CTX = "\ue000ICAE_CONTEXT_{}\ue001"
 _MARK = "\ue000ICAE_MARKER_{}\ue001"
 _SPLIT = re.compile("(\ue000ICAE_(?:CONTEXT|MARKER)_[a-z0-9]+\ue001)")
 
-MARKERS = ("ae", "lm", "ft")
 
 
 def context_slot(index: int) -> str:

@@ -22,6 +22,7 @@ import torch
 
 from icae.config import ExperimentConfig
 from icae.models.base import collate
+from icae.models.objectives import Objective
 from icae.utils import atomic_write_json, seed_everything
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,7 @@ def _examples(model, n: int, length: int, seed: int):
     out = []
     for _ in range(n):
         ctx = torch.randint(0, min(vocab, model.vocab_size), (length,), generator=g).tolist()
-        out.append(model.encode(model.prompts.autoencoding(ctx), task=0))
+        out.append(model.encode(model.prompts.autoencoding(ctx), task=Objective.AE))
     return out
 
 

@@ -13,17 +13,16 @@ from dataclasses import dataclass, field
 from icae import tasks
 from icae.config import ExperimentConfig
 from icae.models.base import EncodedPrompt
+from icae.models.objectives import Objective
 from icae.models.templates import Piece
 
 log = logging.getLogger(__name__)
 
-TASK_AE, TASK_LM, TASK_FT = 0, 1, 2
 
-
-def pretrain_pieces(model, rec: dict) -> tuple[list[Piece], int]:
-    if rec["task"] == "ae":
-        return model.prompts.autoencoding(rec["context_ids"]), TASK_AE
-    return model.prompts.language_modelling(rec["context_ids"], rec["continuation_ids"]), TASK_LM
+def pretrain_pieces(model, rec: dict) -> tuple[list[Piece], Objective]:
+    if rec["task"] == Objective.AE.marker:
+        return model.prompts.autoencoding(rec["context_ids"]), Objective.AE
+    return model.prompts.language_modelling(rec["context_ids"], rec["continuation_ids"]), Objective.LM
 
 
 def markers_in(model, encoded: list[EncodedPrompt]) -> list[str]:

@@ -24,7 +24,7 @@ from torch.utils.data import Dataset
 
 from icae.config import PretrainDataConfig
 from icae.data.tokens import TokenDocuments
-from icae.models.base import OBJECTIVES
+from icae.models.objectives import Objective
 
 
 def lm_share(index: int, pcfg: PretrainDataConfig) -> float:
@@ -117,4 +117,4 @@ class PretrainSpans(Dataset):
 
 
 def task_id(name: str) -> int:
-    return OBJECTIVES.index(name)
+    return Objective.from_marker(name)

@@ -29,6 +29,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from icae.config import TrainingConfig
 from icae.models.checkpoint import load_checkpoint, save_checkpoint
+from icae.models.objectives import Objective
 from icae.training import resume as resume_mod
 from icae.utils import atomic_write_text
 
@@ -95,10 +96,10 @@ class ICAETrainer(Trainer):
                 "training loss" if model.training else "evaluation loss", loss.item(),
                 self.state.global_step, saved, self._stage))
         if model.training:
-            for key in ("ae", "lm", "ft"):
-                if f"{key}_loss_sum" in outputs:
-                    self._add(f"{key}_loss_sum", outputs[f"{key}_loss_sum"])
-                    self._add(f"{key}_tokens", outputs[f"{key}_tokens"])
+            for obj in Objective:
+                if obj.loss_sum_key in outputs:
+                    self._add(obj.loss_sum_key, outputs[obj.loss_sum_key])
+                    self._add(obj.tokens_key, outputs[obj.tokens_key])
             self._add("trained_tokens", outputs["num_tokens"])
         return (loss, outputs) if return_outputs else loss
 
@@ -147,9 +148,9 @@ class ICAETrainer(Trainer):
         if "loss" in logs:  # a training log: add the separate losses since the last one
             aux = self._reduced_aux()
             self._aux.clear()
-            for key in ("ae", "lm", "ft"):
-                if aux.get(f"{key}_tokens"):
-                    logs[f"{key}_loss"] = round(aux[f"{key}_loss_sum"] / aux[f"{key}_tokens"], 6)
+            for obj in Objective:
+                if aux.get(obj.tokens_key):
+                    logs[obj.loss_key] = round(aux[obj.loss_sum_key] / aux[obj.tokens_key], 6)
             if "trained_tokens" in aux:
                 logs["trained_tokens"] = int(aux["trained_tokens"])
             # Every optimizer step takes one global batch (the last may be partial).
@@ -212,7 +213,7 @@ class SeparationMonitor:
         self.warned = False
 
     def update(self, logs: dict) -> None:
-        ae, lm = logs.get("ae_loss"), logs.get("lm_loss")
+        ae, lm = logs.get(Objective.AE.loss_key), logs.get(Objective.LM.loss_key)
         if lm is not None:
             self.last_lm = lm
         if ae is None or self.last_lm is None:

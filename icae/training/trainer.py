@@ -103,8 +103,8 @@ class ICAETrainer(Trainer):
             self._add("trained_tokens", outputs["num_tokens"])
         return (loss, outputs) if return_outputs else loss
 
-    _AUX_KEYS = tuple(f"{k}_{part}" for k in ("ae", "lm", "ft")
-                      for part in ("loss_sum", "tokens")) + ("trained_tokens",)
+    _AUX_KEYS = tuple(key for obj in Objective
+                      for key in (obj.loss_sum_key, obj.tokens_key)) + ("trained_tokens",)
 
     def _reduced_aux(self) -> dict[str, float]:
         """The sums since the last log over every process (each process sees only its

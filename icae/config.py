@@ -410,7 +410,7 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
-def _coerce(value: Any, tp: Any, key: str) -> Any:
+def _coerce(value: Any, tp: Any, key: str, default: Any = None) -> Any:
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
@@ -440,7 +440,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return value
         if not isinstance(value, dict):
             raise ValueError(f"{key}: expected a mapping, got {value!r}")
-        return _build(tp, value, key)
+        return _build(tp, value, key, default if isinstance(default, tp) else None)
     if tp is Any:
         return value
     if tp is bool:
@@ -471,7 +471,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     raise TypeError(f"{key}: unsupported annotation {tp!r}")
 
 
-def _build(cls: type, data: dict, prefix: str = "") -> Any:
+def _build(cls: type, data: dict, prefix: str = "", base: Any = None) -> Any:
+    """``base`` (default: ``cls()``) with the keys of ``data`` replaced. A section keeps
+    the defaults of its own field where they differ from its class's (finetune's
+    learning rate is not TrainingConfig's), however few of its keys ``data`` gives."""
+    base = cls() if base is None else base
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
@@ -481,8 +485,8 @@ def _build(cls: type, data: dict, prefix: str = "") -> Any:
             close = difflib.get_close_matches(str(key), names, n=1)
             hint = f"; did you mean '{close[0]}'?" if close else ""
             raise ValueError(f"{full}: unknown key{hint}")
-        kwargs[key] = _coerce(value, hints[key], full)
-    return cls(**kwargs)
+        kwargs[key] = _coerce(value, hints[key], full, getattr(base, key))
+    return dataclasses.replace(base, **kwargs)
 
 
 def to_dict(cfg: Any) -> Any:

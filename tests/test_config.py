@@ -116,3 +116,14 @@ def test_show_config_explain(capsys):
     with pytest.raises(SystemExit):
         main(["show-config", "--explain", "--help"])
     assert "--explain" in capsys.readouterr().out
+
+
+def test_a_partial_section_keeps_its_own_defaults(tmp_path):
+    """finetune's learning rate defaults to 5e-5 (TrainingConfig's is 1e-4), also when the
+    file or the overrides give other finetune keys only."""
+    path = tmp_path / "c.yaml"
+    path.write_text("finetune:\n  max_steps: 2\n")
+    assert load_config(path).finetune.learning_rate == 5e-5
+    assert load_config(None, ["finetune.max_steps=2"]).finetune.learning_rate == 5e-5
+    assert load_config(None, ["pretrain.max_steps=2"]).pretrain.learning_rate == 1e-4
+    assert load_config(path, ["finetune.learning_rate=2e-5"]).finetune.learning_rate == 2e-5

@@ -5,6 +5,9 @@ fields and their metadata, so the schema and ``validate`` cannot disagree. Only 
 
 ``python -m icae schema`` writes it; ``python -m icae schema --check`` fails when the
 committed file is stale (tests/test_workflow.py runs the same comparison).
+:func:`check_config` reads a workflow config against it (workflow/rules/common.smk):
+strings to the numbers the schema asks for, one line naming the key for an unknown key
+or the first violation.
 """
 
 from __future__ import annotations
@@ -354,6 +357,111 @@ def build_schema() -> dict:
 def render_schema() -> str:
     return HEADER + yaml.safe_dump(build_schema(), sort_keys=False, width=92,
                                    allow_unicode=True)
+
+
+# ---------------------------------------------------------------------------------------
+# Reading a workflow config against the schema (workflow/rules/common.smk), before
+# Snakemake's own validation.
+
+_INT_RE = re.compile(r"^[+-]?\d+$")
+_FLOAT_RE = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+
+
+def _schema_at(root: dict, schema: dict) -> dict:
+    while "$ref" in schema:
+        ref = schema["$ref"]
+        if not ref.startswith("#/"):
+            break
+        node = root
+        for part in ref[2:].split("/"):
+            node = node[part]
+        schema = {**node, **{k: v for k, v in schema.items() if k != "$ref"}}
+    return schema
+
+
+def coerce_to_schema(value: Any, schema: dict, root: dict) -> Any:
+    """Turn strings into the numbers / booleans / nulls the schema asks for.
+
+    YAML 1.1 reads ``1e-4`` as a string and ``--config`` values of nested mappings are
+    all strings; JSON-schema validation would reject them."""
+    schema = _schema_at(root, schema)
+    for sub in schema.get("allOf", []):
+        value = coerce_to_schema(value, sub, root)
+    if isinstance(value, dict):
+        props = schema.get("properties", {})
+        for key in list(value):
+            if key in props:
+                value[key] = coerce_to_schema(value[key], props[key], root)
+        return value
+    if isinstance(value, list):
+        items = schema.get("items")
+        if isinstance(items, dict):
+            return [coerce_to_schema(v, items, root) for v in value]
+        return value
+    if not isinstance(value, str):
+        return value
+    types = schema.get("type", [])
+    types = [types] if isinstance(types, str) else list(types)
+    if "string" in types or not types:
+        return value
+    text = value.strip()
+    if "integer" in types and _INT_RE.match(text):
+        return int(text)
+    if "number" in types and _FLOAT_RE.match(text):
+        return float(text)
+    if "boolean" in types and text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    if "null" in types and text.lower() in ("null", "~", "none", ""):
+        return None
+    return value
+
+
+def check_config_keys(value: Any, schema: dict, root: dict, prefix: str = "") -> None:
+    """Unknown keys fail with the key's dotted name and a "did you mean" (as icae's CLI),
+    not with the schema dump of a failed JSON-schema validation."""
+    import difflib
+
+    schema = _schema_at(root, schema)
+    for sub in schema.get("allOf", []):
+        check_config_keys(value, sub, root, prefix)
+    if not isinstance(value, dict) or "properties" not in schema:
+        return
+    props = schema["properties"]
+    for key, sub in value.items():
+        name = f"{prefix}.{key}" if prefix else f"{key}"
+        if key not in props:
+            if schema.get("additionalProperties", True) is False:
+                close = difflib.get_close_matches(str(key), list(props), n=1)
+                hint = f"; did you mean '{close[0]}'?" if close else ""
+                raise ValueError(f"invalid config: {name}: unknown key{hint}")
+            continue
+        check_config_keys(sub, props[key], root, name)
+        items = _schema_at(root, props[key]).get("items")
+        if isinstance(sub, list) and isinstance(items, dict):
+            for i, item in enumerate(sub):
+                check_config_keys(item, items, root, f"{name}[{i}]")
+
+
+def first_schema_error(value: Any, schema: dict) -> str | None:
+    """One line for the first JSON-schema violation: the dotted key and what is wrong."""
+    import jsonschema
+
+    cls = jsonschema.validators.validator_for(schema)
+    error = jsonschema.exceptions.best_match(cls(schema).iter_errors(value))
+    if error is None:
+        return None
+    key = ".".join(str(p) for p in error.absolute_path) or "config"
+    return f"invalid config: {key}: {error.message}"
+
+
+def check_config(config: dict, schema: dict) -> None:
+    """Coerce ``config`` (in place) to the schema's types, then fail with one line naming
+    the key on an unknown key or the first schema violation."""
+    coerce_to_schema(config, schema, schema)
+    check_config_keys(config, schema, schema)
+    error = first_schema_error(config, schema)
+    if error:
+        raise ValueError(error)
 
 
 def run(cfg, args) -> None:

@@ -118,6 +118,31 @@ def test_show_config_explain(capsys):
     assert "--explain" in capsys.readouterr().out
 
 
+def test_workflow_config_checks_against_the_schema():
+    """What workflow/rules/common.smk runs before Snakemake's validation."""
+    from icae.schema import build_schema, check_config
+
+    schema = build_schema()
+    config = {"finetune": {"learning_rate": "3e-5", "bf16": "true", "eval_steps": "null"},
+              "workflow": {"sweep": {"mem_size": ["8", "16"]}}}
+    check_config(config, schema)
+    assert config == {"finetune": {"learning_rate": 3e-5, "bf16": True, "eval_steps": None},
+                      "workflow": {"sweep": {"mem_size": [8, 16]}}}
+    for bad, needle in [
+        ({"finetune": {"learning_rat": 1e-4}},
+         "invalid config: finetune.learning_rat: unknown key; did you mean 'learning_rate'?"),
+        ({"data": {"pretrain": {"sources": [{"pth": "x"}]}}},
+         "invalid config: data.pretrain.sources[0].pth: unknown key; did you mean 'path'?"),
+        ({"workflow": {"gpu": {"pretrain": -1}}},
+         "invalid config: workflow.gpu.pretrain: -1 is less than the minimum of 0"),
+        ({"finetune": {"learning_rate": "fast"}},
+         "invalid config: finetune.learning_rate: 'fast' is not of type 'number'"),
+    ]:
+        with pytest.raises(ValueError) as err:
+            check_config(bad, schema)
+        assert str(err.value) == needle
+
+
 def test_a_partial_section_keeps_its_own_defaults(tmp_path):
     """finetune's learning rate defaults to 5e-5 (TrainingConfig's is 1e-4), also when the
     file or the overrides give other finetune keys only."""

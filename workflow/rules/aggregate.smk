@@ -1,7 +1,7 @@
 rule aggregate:
     input:
-        metrics=metrics_files(),
-        logs=training_logs(),
+        metrics=PLAN.metrics_files(),
+        logs=PLAN.training_logs(),
     output:
         long=report(
             f"{TABLES_DIR}/metrics_long.csv",
@@ -16,7 +16,7 @@ rule aggregate:
         tables=report(
             expand(
                 f"{TABLES_DIR}/{{name}}.{{ext}}",
-                name=paper_table_names(),
+                name=PLAN.paper_table_names(),
                 ext=["tex", "md", "csv"],
             ),
             caption="../report/tables.rst",
@@ -32,10 +32,10 @@ rule aggregate:
         f"{LOGS}/aggregate.log",
     benchmark:
         f"{BENCH_DIR}/aggregate.tsv"
-    localrule: is_local("aggregate")
+    localrule: PLAN.is_local("aggregate")
     conda:
         "../../envs/icae.yaml"
-    threads: threads("aggregate")
+    threads: PLAN.threads("aggregate")
     params:
         tracked=tracked("aggregate"),
         icae=icae_command("aggregate"),

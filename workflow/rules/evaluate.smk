@@ -2,18 +2,18 @@ rule evaluate:
     input:
         unpack(evaluate_inputs),
     output:
-        predictions=f"{RUN}/{{branch}}/eval/{{variant}}/{{task}}/predictions.jsonl",
-        metrics=f"{RUN}/{{branch}}/eval/{{variant}}/{{task}}/metrics.csv",
-        summary=f"{RUN}/{{branch}}/eval/{{variant}}/{{task}}/summary.json",
+        predictions=f"{EVAL_DIR}/predictions.jsonl",
+        metrics=f"{EVAL_DIR}/metrics.csv",
+        summary=f"{EVAL_DIR}/summary.json",
     log:
         f"{LOGS}/{{branch}}/eval-{{variant}}-{{task}}.log",
     benchmark:
         f"{BENCH_DIR}/{{branch}}/eval-{{variant}}-{{task}}.tsv"
     conda:
         "../../envs/icae.yaml"
-    threads: threads("evaluate")
+    threads: PLAN.threads("evaluate")
     resources:
-        gpu=gpus("evaluate"),
+        gpu=PLAN.gpus("evaluate"),
     params:
         tracked=tracked("evaluate"),
         icae=icae_command("evaluate"),

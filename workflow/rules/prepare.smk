@@ -5,10 +5,10 @@ rule prepare_model:
         f"{LOGS}/prepare_model.log",
     benchmark:
         f"{BENCH_DIR}/prepare_model.tsv"
-    localrule: is_local("prepare_model")
+    localrule: PLAN.is_local("prepare_model")
     conda:
         "../../envs/icae.yaml"
-    threads: threads("prepare_model")
+    threads: PLAN.threads("prepare_model")
     params:
         tracked=tracked("prepare_model"),
         icae=icae_command("prepare_model"),
@@ -20,7 +20,7 @@ rule prepare_model:
 rule prepare_data:
     input:
         model=MODEL_DIR,
-        sources=lambda w: local_source_files(w.dataset),
+        sources=local_source_files,
     output:
         train=f"{DATA_DIR}/{{dataset}}/train.jsonl",
         eval=f"{DATA_DIR}/{{dataset}}/eval.jsonl",
@@ -29,10 +29,10 @@ rule prepare_data:
         f"{LOGS}/prepare_data/{{dataset}}.log",
     benchmark:
         f"{BENCH_DIR}/prepare_data/{{dataset}}.tsv"
-    localrule: is_local("prepare_data")
+    localrule: PLAN.is_local("prepare_data")
     conda:
         "../../envs/icae.yaml"
-    threads: threads("prepare_data")
+    threads: PLAN.threads("prepare_data")
     params:
         tracked=tracked("prepare_data"),
         icae=icae_command("prepare_data"),

@@ -4,16 +4,16 @@ rule pretrain:
         train=f"{DATA_DIR}/pretrain/train.jsonl",
         eval=f"{DATA_DIR}/pretrain/eval.jsonl",
     output:
-        **checkpoint_files(pretrain_dir("{branch}")),
+        **checkpoint_files(PLAN.pretrain_dir("{branch}")),
     log:
         f"{LOGS}/{{branch}}/pretrain.log",
     benchmark:
         f"{BENCH_DIR}/{{branch}}/pretrain.tsv"
     conda:
         "../../envs/icae.yaml"
-    threads: threads("pretrain")
+    threads: PLAN.threads("pretrain")
     resources:
-        gpu=gpus("pretrain"),
+        gpu=PLAN.gpus("pretrain"),
     params:
         tracked=tracked("pretrain"),
         icae=icae_command("pretrain"),
@@ -27,16 +27,16 @@ rule finetune:
     input:
         unpack(finetune_inputs),
     output:
-        **checkpoint_files(finetune_dir("{branch}", "{dataset}", "{model_type}")),
+        **checkpoint_files(PLAN.finetune_dir("{branch}", "{dataset}", "{model_type}")),
     log:
         f"{LOGS}/{{branch}}/finetune-{{dataset}}-{{model_type}}.log",
     benchmark:
         f"{BENCH_DIR}/{{branch}}/finetune-{{dataset}}-{{model_type}}.tsv"
     conda:
         "../../envs/icae.yaml"
-    threads: threads("finetune")
+    threads: PLAN.threads("finetune")
     resources:
-        gpu=gpus("finetune"),
+        gpu=PLAN.gpus("finetune"),
     params:
         tracked=tracked("finetune"),
         icae=icae_command("finetune"),

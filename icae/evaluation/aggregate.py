@@ -20,7 +20,8 @@ layout, and the truncate baseline (cut to the memory budget) has no layout.
 
 When a file sits where the workflow puts it
 (``<run>/<branch>/eval/<variant>/<task>/metrics.csv``), the variant, task and seed
-missing from its columns are read from the path.
+missing from its columns are read from the path (:func:`icae.planner.parse_output_path`,
+the inverse of the workflow's own path and branch names).
 
 Inputs are validated, and a problem names the file (and line): an empty or truncated
 file (no final newline, a row with missing fields), a malformed CSV, missing columns, a
@@ -35,13 +36,13 @@ from __future__ import annotations
 import logging
 import math
 import os
-import re
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from icae import tasks
+from icae.planner import parse_output_path, parse_variant
 
 log = logging.getLogger(__name__)
 
@@ -51,32 +52,19 @@ LONG_COLUMNS = ["run", "variant", "model_type", "baseline", "base_model", "mem_s
                 "compression_rate", "position_layout", "seed", "task", "dataset", "metric",
                 "value", "n", "checkpoint", "source"]
 
-_BRANCH = (r"(?:m(?P<mem>\d+)-r(?P<rate>[0-9.]+)-(?P<layout>[A-Za-z]+)-s(?P<seed>-?\d+)"
-           r"|m(?P<bmem>\d+)-r(?P<brate>[0-9.]+)-s(?P<bseed>-?\d+)"
-           r"|llm-s(?P<lseed>-?\d+))")
-_EVAL_PATH = re.compile(
-    rf"(?:^|/)(?P<branch>{_BRANCH})/eval/(?P<variant>[^/]+)/(?P<task>[^/]+)/[^/]+$")
-_LOG_PATH = re.compile(
-    rf"(?:^|/)(?P<branch>{_BRANCH})/(?P<stage>pretrain|finetune/(?P<ft>[^/]+))/[^/]+/[^/]+$")
-
 
 # ---------------------------------------------------------------------------------------
 # Reading.
 
 
 def _path_info(path: str) -> dict[str, Any]:
-    m = _EVAL_PATH.search(Path(path).as_posix())
-    if not m:
+    place = parse_output_path(path)
+    if place is None or place.step != "evaluate":
         return {}
-    g = m.groupdict()
-    seed = next((g[k] for k in ("seed", "bseed", "lseed") if g[k] is not None), None)
-    mem = g["mem"] or g["bmem"]
-    rate = g["rate"] or g["brate"]
-    return {"branch": g["branch"], "variant": g["variant"], "task": g["task"],
-            "seed": int(seed) if seed is not None else None,
-            "mem_size": int(mem) if mem else None,
-            "compression_rate": float(rate) if rate else None,
-            "position_layout": g["layout"]}
+    key = place.key
+    return {"branch": place.branch, "variant": place.variant, "task": place.task,
+            "seed": key.seed, "mem_size": key.mem_size, "compression_rate": key.rate,
+            "position_layout": key.layout}
 
 
 def _is_missing(value: Any) -> bool:
@@ -216,10 +204,9 @@ def _variant_rank(variant: str) -> tuple:
              "icae-ft": 5}  # llm-ft / icae-ft: fine-tuned rows of the summary table
     if v in fixed:
         return (fixed[v], "")
-    if v.startswith("llm-ft-"):
-        return (3, _dataset_rank(v[len("llm-ft-"):]))
-    if v.startswith("icae-ft-"):
-        return (5, _dataset_rank(v[len("icae-ft-"):]))
+    parsed = parse_variant(v)
+    if parsed is not None and parsed.finetuned_on is not None:
+        return (fixed[f"{parsed.model_type}-ft"], _dataset_rank(parsed.finetuned_on))
     return (6, v)
 
 
@@ -353,10 +340,10 @@ def _parse_log_arg(item: str) -> tuple[str, str, str]:
     path = item
     if "=" in item and not Path(item).exists():
         label, path = item.split("=", 1)
-    m = _LOG_PATH.search(Path(path).as_posix())
-    if m:
-        stage = "pretrain" if m["stage"] == "pretrain" else f"finetune {m['ft']}"
-        return stage, label or m["branch"], path
+    place = parse_output_path(path)
+    if place is not None and place.step in ("pretrain", "finetune"):
+        stage = "pretrain" if place.step == "pretrain" else f"finetune {place.finetune}"
+        return stage, label or place.branch, path
     return label or Path(path).parent.name, label or Path(path).parent.name, path
 
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from icae import tasks
 from icae.config import ExperimentConfig
 
 SCHEMA_FILE = Path("workflow") / "schemas" / "config.schema.yaml"
@@ -38,7 +39,8 @@ DESCRIPTION = (
     "(`python -m icae schema`). Keys marked \"set by the workflow\" are overridden per "
     "job (paths of the branch, the data set, the variant being evaluated).")
 
-# The workflow section: read by workflow/Snakefile only.
+# The workflow section: read by workflow/Snakefile only. Its task and data set names and
+# the headline metrics come from the task registry (_add_registry).
 WORKFLOW_SECTION: dict = yaml.safe_load("""\
 type: object
 default: {}
@@ -98,14 +100,7 @@ properties:
       Which models are fine-tuned: icae (pre-trained ICAE, then fine-tuned: variants
       icae-pretrained and icae-ft-<dataset>) and/or llm (the base model with a LoRA
       adapter reading the full context: variants llm-ft-<dataset>).
-  finetune_datasets:
-    type: array
-    items: {enum: [squad, repoqa, trajectories]}
-    uniqueItems: true
-    default: [squad, repoqa, trajectories]
-    description: >
-      Downstream data sets; each is fine-tuned on (per model type) and evaluated
-      (squad: task qa, repoqa: task repoqa, trajectories: task trajectories).
+  finetune_datasets: {}
   baselines:
     type: array
     items: {enum: [base, truncate, no_context]}
@@ -116,10 +111,6 @@ properties:
       context), truncate (context cut to the memory budget; per mem_size and rate),
       no_context (question only).
   pretrained_tasks:
-    type: array
-    items: {enum: [ae, qa, repoqa, trajectories]}
-    uniqueItems: true
-    default: [ae, qa, repoqa, trajectories]
     description: >
       Tasks the pre-trained-only ICAE (variant icae-pretrained) is evaluated on: ae
       (autoencoding the pretrain eval set) and downstream tasks; [] for none.
@@ -193,17 +184,34 @@ properties:
             additionalProperties:
               type: array
               items: {type: string}
-        default:
-          ae: [bleu1, token_accuracy, exact_match]
-          qa: [exact_match, f1, bleu1]
-          repoqa: [similarity, "pass@0.8", bleu1]
-          trajectories: [ar_bleu1, ar_token_accuracy, tf_token_accuracy, tf_loss]
         description: >
           Metrics shown in the wide tables and plots, in this order: per task (a
           mapping task -> list; a task left out shows all its metrics), or one list
           for every task, or [] for all metrics. metrics_long.csv always holds all.
       decimals: {type: integer, minimum: 0, maximum: 6, default: 2}
 """)
+
+
+def _add_registry(section: dict) -> dict:
+    props = section["properties"]
+
+    def names(key: str, values, description: str) -> None:
+        # Fresh lists each: one object twice would be a YAML alias in the schema file.
+        props[key] = {"type": "array", "items": {"enum": list(values)}, "uniqueItems": True,
+                      "default": list(values), "description": description}
+
+    pairs = ", ".join(f"{d}: task {t}" for d, t in tasks.task_of_dataset().items())
+    names("finetune_datasets", tasks.finetune_datasets(),
+          "Downstream data sets; each is fine-tuned on (per model type) and evaluated "
+          f"({pairs}).\n")
+    names("pretrained_tasks", tasks.TASKS, props["pretrained_tasks"]["description"])
+    metrics = props["tables"]["properties"]["metrics"]
+    description = metrics.pop("description")
+    metrics.update(default=tasks.headline_metrics(), description=description)
+    return section
+
+
+_add_registry(WORKFLOW_SECTION)
 
 _SCALARS = {"str": "string", "int": "integer", "float": "number", "bool": "boolean"}
 

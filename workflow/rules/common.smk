@@ -7,7 +7,7 @@ docstring for how the job configs and rerun tracking work. Nothing here defines 
 """
 
 import copy
-import re
+import re  # the Snakefile's wildcard constraints
 import sys
 from pathlib import Path
 
@@ -42,8 +42,9 @@ class Untracked:
 # ---------------------------------------------------------------------------------------
 # Config: YAML 1.1 strings to numbers, unknown keys and schema violations as one line,
 # then Snakemake's validation, which fills in the workflow section's defaults. The
-# other sections get theirs from icae's dataclasses (the plan resolves them), so they
-# are taken before the schema's defaults are added.
+# other sections get theirs from icae's dataclasses, as the jobs do when they read their
+# overrides back: the plan resolves them from the config as given, before Snakemake adds
+# the schema's defaults.
 
 _SCHEMA = yaml.safe_load(
     (Path(workflow.basedir) / "schemas" / "config.schema.yaml").read_text(

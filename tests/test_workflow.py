@@ -478,6 +478,11 @@ def stub_run(tmp_path):
     data["workflow"]["python"] = str(wrapper)
     data["workflow"]["env"] = {"FAKE_ICAE_CALLS": str(tmp_path / "calls.jsonl")}
     data["model"]["base_model"] = str(tmp_path / "no-model-needed")
+    # Independent of the quickstart's model: mem 16, and a pre-training that trains (the
+    # quickstart adopts its shipped checkpoint instead).
+    data["model"]["mem_size"] = 16
+    data["pretrain"].pop("init_checkpoint", None)
+    data["pretrain"]["max_steps"] = 8
     data["workflow"].update(model_types=["icae", "llm"],
                             finetune_datasets=["squad", "repoqa", "trajectories"],
                             baselines=["base", "truncate", "no_context"],

@@ -486,6 +486,14 @@ class Plan:
             paths = [d["train_file"], d["eval_file"]]
         return sorted({p for p in paths if p})
 
+    def pretrain_inputs(self, branch: str) -> dict[str, str]:
+        inputs = {"model": self.model_dir, "train": f"{self.data_dir}/pretrain/train.jsonl",
+                  "eval": f"{self.data_dir}/pretrain/eval.jsonl"}
+        init = self.branches[branch].config["pretrain"].get("init_checkpoint")
+        if init:  # continued or adopted (max_steps 0): a new checkpoint there reruns it
+            inputs["init_meta"] = f"{init}/checkpoint.json"
+        return inputs
+
     def finetune_inputs(self, branch: str, dataset: str, model_type: str) -> dict[str, str]:
         inputs = {"model": self.model_dir, "train": f"{self.data_dir}/{dataset}/train.jsonl",
                   "eval": f"{self.data_dir}/{dataset}/eval.jsonl"}

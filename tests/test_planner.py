@@ -253,6 +253,10 @@ def test_inputs():
     assert inputs["data"] == "results/t/data/pretrain/eval.jsonl"
     assert inputs["checkpoint_meta"] == "results/t/m16-r4-epl-s42/pretrain/final/checkpoint.json"
     assert set(plan.evaluate_inputs("llm-s42", "base", "qa")) == {"model", "data"}
+    assert set(plan.pretrain_inputs("m16-r4-epl-s42")) == {"model", "train", "eval"}
+    # An adopted (or continued) checkpoint is an input: replacing it reruns pretrain.
+    adopted = make_plan(pretrain={"init_checkpoint": "checkpoints/x", "max_steps": 0})
+    assert adopted.pretrain_inputs("m16-r4-epl-s42")["init_meta"] == "checkpoints/x/checkpoint.json"
     assert plan.local_source_files("squad") == sorted(
         {plan.experiment["data"]["squad"][k] for k in ("train_file", "eval_file")} - {None})
 

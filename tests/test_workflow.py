@@ -218,6 +218,8 @@ def _placeholder_tree(tmp_path: Path, config: Path | None = None) -> Path:
     paths += [d.get("squad", {}).get(k) for k in ("train_file", "eval_file")]
     paths += [d.get("trajectories", {}).get(k) for k in ("train_file", "eval_file")]
     paths += [d.get("repoqa", {}).get(k) for k in ("release_file", "train_tasks_file")]
+    init = (data.get("pretrain") or {}).get("init_checkpoint")
+    paths += [f"{init}/checkpoint.json"] if init else []  # the quickstart's shipped checkpoint
     for p in filter(None, paths):
         target = tmp_path / p
         target.parent.mkdir(parents=True, exist_ok=True)

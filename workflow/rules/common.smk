@@ -80,6 +80,10 @@ EVAL_DIR = PLAN.eval_dir("{branch}", "{variant}", "{task}")
 # Input functions.
 
 
+def pretrain_inputs(wildcards):
+    return PLAN.pretrain_inputs(wildcards.branch)
+
+
 def finetune_inputs(wildcards):
     return PLAN.finetune_inputs(
         wildcards.branch, wildcards.dataset, wildcards.model_type

@@ -1,8 +1,6 @@
 rule pretrain:
     input:
-        model=MODEL_DIR,
-        train=f"{DATA_DIR}/pretrain/train.jsonl",
-        eval=f"{DATA_DIR}/pretrain/eval.jsonl",
+        unpack(pretrain_inputs),
     output:
         **checkpoint_files(PLAN.pretrain_dir("{branch}")),
     log:

@@ -4,7 +4,7 @@
 # training span length, and SQuAD v1.1 dev for the untrained base (full context) and the
 # pre-trained-only ICAE. Needs the development data in ../shared (README: data) and a
 # prepared base model (python -m icae prepare-model --config configs/smollm2-icae.yaml).
-# Usage: benchmarks/evaluate_shipped.sh [SQUAD_N]   (outputs: results/shipped/)
+# Usage: [SKIP_AE=1] benchmarks/evaluate_shipped.sh [SQUAD_N]   (outputs: results/shipped/)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-500}
@@ -19,8 +19,9 @@ $PY -m icae prepare-data --config $CFG $X data.prepared_dir=$TEST data.build=[pr
   "data.pretrain.sources=[{path: ../shared/data/pretrain/test.jsonl.gz}]" \
   "data.pretrain.eval_sources=[{path: ../shared/data/pretrain/test.jsonl.gz}]" \
   data.pretrain.eval_size=64
-$PY -m icae evaluate --config $CFG $X data.prepared_dir=$TEST evaluation.task=ae \
-  evaluation.checkpoint=$CKPT evaluation.batch_size=16 evaluation.output_dir=$OUTDIR/ae-test
+[ "${SKIP_AE:-0}" = 1 ] || $PY -m icae evaluate --config $CFG $X data.prepared_dir=$TEST \
+  evaluation.task=ae evaluation.checkpoint=$CKPT evaluation.batch_size=16 \
+  evaluation.output_dir=$OUTDIR/ae-test
 $PY -m icae prepare-data --config $CFG $X data.build=[squad]
 Q="evaluation.task=qa evaluation.num_samples=$N evaluation.batch_size=16"
 $PY -m icae evaluate --config $CFG $X $Q evaluation.checkpoint=$CKPT \

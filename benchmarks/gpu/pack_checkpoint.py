@@ -1,7 +1,7 @@
 """The shippable part of a checkpoint: trained parameters in bfloat16 plus its
-``checkpoint.json`` and ``config.yaml`` (the portable peft folders are rebuilt from it by
-``python -m icae export-portable``-style loading on any machine; leaving them out halves
-what crosses the GPU machine's 16 MiB-per-file limit).
+``checkpoint.json`` and ``config.yaml``. The portable peft folders are left out (they
+would double what crosses the GPU machine's 16 MiB-per-file limit); back here
+``benchmarks/gpu/ship_checkpoint.py`` rebuilds them from this.
 
     python benchmarks/gpu/pack_checkpoint.py results/RUN/pretrain OUT_DIR
 """

@@ -166,9 +166,14 @@ def file_sha256(path: str | os.PathLike) -> str:
 
 
 def checkpoint_digest(directory: str | os.PathLike) -> str | None:
-    """sha256 over a checkpoint folder's weight files (trained.safetensors or the portable
-    peft/embedding files), by relative path; None when it holds none."""
+    """sha256 of a checkpoint's weights: its trained.safetensors (the value earlier runs
+    recorded), else, for a portable-only folder (a shipped checkpoint), a sha256 over its
+    peft/embedding files by relative path; None when it holds neither."""
+    from icae.models.checkpoint import WEIGHTS
+
     root = Path(directory)
+    if (root / WEIGHTS).is_file():
+        return file_sha256(root / WEIGHTS)
     files = sorted(p for p in root.rglob("*.safetensors") if p.is_file())
     if not files:
         return None

@@ -44,7 +44,16 @@ for path in tmp.rglob("*.safetensors"):
               metadata=metadata)
 # The tokenizer is the base model's own (the fingerprint in checkpoint.json pins the base).
 shutil.rmtree(tmp / "tokenizer", ignore_errors=True)
-shutil.copy(src / "config.yaml", tmp / "config.yaml")
+# The run's config with this project's paths instead of the GPU machine's (commands that
+# read a checkpoint's config.yaml, e.g. `icae try`, then find the prepared base model).
+import yaml
+
+run_cfg = yaml.safe_load((src / "config.yaml").read_text())
+run_cfg["model"]["model_dir"] = model_dir
+run_cfg["data"]["prepared_dir"] = "data/prepared/smollm2"
+for section in ("pretrain", "finetune"):
+    run_cfg[section]["output_dir"] = run_cfg[section]["resume_dir"] = None
+(tmp / "config.yaml").write_text(yaml.safe_dump(run_cfg, sort_keys=False))
 mine = describe(model)
 meta["tensors"] = mine["tensors"]
 meta["dtype_on_disk"] = "bfloat16"

@@ -37,6 +37,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--lora-r", type=int, default=128)
     ap.add_argument("--gradient-checkpointing", action="store_true")
+    ap.add_argument("--compile", action="store_true",
+                    help="pretrain.compile_layers for ours (regional torch.compile)")
     ap.add_argument("--modes", default="ours,seed-style")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
@@ -70,6 +72,7 @@ def main() -> None:
         f"data.pretrain.min_len={args.context}", f"pretrain.bf16=true",
         f"pretrain.per_device_train_batch_size={args.batch}",
         f"pretrain.gradient_checkpointing={str(args.gradient_checkpointing).lower()}",
+        f"pretrain.compile_layers={str(args.compile).lower()}",
         "model.base_model=random", "model.model_dir=/nonexistent"])
     results = []
     for mode in args.modes.split(","):

@@ -203,3 +203,27 @@ def test_chunked_loss_equals_the_plain_loss(tiny_tok):
         results.append((out["loss"].item(), model.extra_embeddings.grad.clone()))
     assert results[0][0] == pytest.approx(results[1][0], rel=1e-6)
     torch.testing.assert_close(results[0][1], results[1][1], atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_compiled_layers_give_the_same_loss_and_gradients(tiny_tok):
+    # pretrain.compile_layers: every decoder block compiled in place, one graph shared by the
+    # blocks and by the encoder (adapter on) and decoder (its own adapter) passes; the
+    # adapter switch must reach the compiled code (a stale guard would silently run the
+    # encoder's adapter in the decoder pass and change the loss).
+    ctx = _text_ids(tiny_tok, "The quick brown fox jumps over the lazy dog. Alice was")
+    results = []
+    for compiled in (False, True):
+        model = make_icae(tiny_tok, train_decoder=True, seed=3)
+        model.train()
+        if compiled:
+            assert model.compile_layers() == 2
+        batch = collate([model.encode(model.prompts.autoencoding(ctx), task=0)], model.pad_id)
+        out = model(**batch)
+        out["loss"].backward()
+        results.append((out["loss"].item(), {n: p.grad.clone() for n, p in
+                                             model.named_parameters() if p.grad is not None}))
+    assert results[0][0] == pytest.approx(results[1][0], rel=1e-5)
+    assert results[0][1].keys() == results[1][1].keys()
+    for n, g in results[0][1].items():
+        torch.testing.assert_close(g, results[1][1][n], atol=1e-5, rtol=1e-4)

@@ -3,6 +3,8 @@
 # run that has a final checkpoint, then SQuAD: fine-tune ICAE from run $BEST and the plain
 # LLM, and evaluate them with the untrained base (full context), the pre-trained-only ICAE
 # and the same-budget truncation baseline (the slots $BEST would use, as text).
+# PRETRAINED (default results/$BEST/pretrain) is the pre-trained ICAE that is fine-tuned,
+# e.g. the shipped checkpoints/smollm2-135m-icae with RUNSET=2026-12-02-squad BEST=shipped.
 # Usage: STORE=... BEST=<run> RUNSET=... finish.sh STORE [overrides...]
 set -uo pipefail
 STORE=$1; shift
@@ -10,6 +12,7 @@ COMMON="$*"
 CFG=configs/smollm2-icae.yaml
 SQUAD_N=${SQUAD_N:-2000}
 FT_SECONDS=${FT_SECONDS:-150}
+PRETRAINED=${PRETRAINED:-results/$BEST/pretrain}
 source benchmarks/gpu/runs.sh
 ev() {  # name, overrides...
   local name=$1; shift
@@ -43,13 +46,13 @@ ft() {  # name, overrides...
 }
 B=$(run_args $BEST)
 LLM="model.model_type=llm model.train_decoder=false"
-ft icae-$BEST $B finetune.init_checkpoint=results/$BEST/pretrain &
+ft icae-$BEST $B finetune.init_checkpoint=$PRETRAINED &
 ft llm $B $LLM &
 wait
 Q="evaluation.task=qa evaluation.num_samples=$SQUAD_N"
 ev qa-base $Q $B $LLM &
 ev qa-llm-ft $Q $B $LLM evaluation.checkpoint=results/ft/llm &
 ev qa-truncate $Q $B $LLM evaluation.baseline=truncate evaluation.checkpoint=results/ft/llm &
-ev qa-icae-pretrained $Q $B evaluation.checkpoint=results/$BEST/pretrain &
+ev qa-icae-pretrained $Q $B evaluation.checkpoint=$PRETRAINED &
 ev qa-icae-ft $Q $B evaluation.checkpoint=results/ft/icae-$BEST &
 wait

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Run ON THE GPU MACHINE (device tool), from the repository root, one stage per call:
 #
-#   store-a   carry .gpu/a: keep its GGUF part and data in $STORE (outside the checkout)
-#   setup     carry .gpu/b: join + verify the GGUF, install the wheels, prepare the model
-#             and data, time the training steps (seed-style code vs ours), then start the
+#   store-a   carry .gpu/a, then store-b carrying .gpu/b: keep their GGUF parts, data and
+#   store-b   wheels in $STORE (outside the checkout)
+#   setup     carry .gpu/c: join + verify the GGUF, install the wheels, prepare the model
+#             and data (the runs' profiles and EXTRA_PROFILES), with SPEED=1 time the
+#             training steps (seed-style code vs ours), then (unless START=0) start the
 #             pre-training runs in the background (setsid: they outlive this call while
 #             the machine stays warm)
 #   wait S    follow the runs for S seconds, then bring back logs (and, with
@@ -74,21 +76,21 @@ bring_logs() {
 }
 
 case "$STAGE" in
-store-a)
-  cp -r .gpu/a/. "$STORE/" && ls -la "$STORE" "$STORE/data"
+store-a|store-b)
+  cp -r ".gpu/${STAGE#store-}/." "$STORE/" && ls -la "$STORE" "$STORE/data"
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
   ;;
 setup)
   set -e
-  cp -r .gpu/b/. "$STORE/"
-  cat "$STORE"/gguf.part0 "$STORE"/gguf.part1 "$STORE"/gguf.part2 > "$STORE/smollm2.gguf"
+  cp -r .gpu/c/. "$STORE/"
+  cat "$STORE"/gguf.part[0-9] > "$STORE/smollm2.gguf"
   echo "$(cat "$STORE/gguf.sha256")  $STORE/smollm2.gguf" | sha256sum -c -
   $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target "$STORE/site" "$STORE"/whl/*.whl
   export PYTHONPATH="$STORE/site"
   link_shared
   $PY -m icae prepare-model --config $CFG $(common) model.base_model="$STORE/smollm2.gguf"
-  for prof in $(profiles); do
+  for prof in $( (profiles; for p in ${EXTRA_PROFILES:-}; do echo $p; done) | sort -u); do
     $PY -m icae prepare-data --config $CFG $(common) $(profile $prof) \
       data.prepared_dir=$STORE/prepared-$prof > results/prepare-$prof.log 2>&1 &
   done
@@ -99,8 +101,7 @@ setup)
     bash benchmarks/gpu/speed.sh "$STORE" $(common) data.prepared_dir=$STORE/prepared-s448 \
       2>&1 | tee results/bench.log | tail -40
   fi
-  start_runs
-  sleep 45; progress
+  if [ "${START:-1}" = 1 ]; then start_runs; sleep 45; progress; fi
   bring_logs
   ;;
 wait)
@@ -137,10 +138,12 @@ finish)
   progress
   BEST=${BEST:?BEST=<run name> picks the run that is fine-tuned on SQuAD}
   export STORE BEST RUNSET
+  export PRETRAINED=${PRETRAINED:-results/$BEST/pretrain}
   bash benchmarks/gpu/finish.sh "$STORE" $(common) 2>&1 | tee results/finish.log | tail -60
   bring_logs
   # The chosen run's trained parameters in bf16 (what is shipped), in <=15 MiB pieces.
-  $PY benchmarks/gpu/pack_checkpoint.py results/$BEST/pretrain "$STORE/ship-$BEST" \
+  [ -f "results/$BEST/pretrain/checkpoint.json" ] \
+    && $PY benchmarks/gpu/pack_checkpoint.py results/$BEST/pretrain "$STORE/ship-$BEST" \
     && tar cf - -C "$STORE" "ship-$BEST" | split -b 15728640 -d -a 1 - "$OUT/ship.tar.part"
   ls -la "$OUT"
   ;;

@@ -40,24 +40,39 @@ OLD_SETTING=$(echo $SETTING | sed 's/pretrain.max_train_seconds=[0-9]*//')
 grep -h '"train_samples_per_second"' "$STORE"/old/resume/log.jsonl | tail -1 > results/bench/seed-style-b16.json
 echo "seed-style b16: $(cat results/bench/seed-style-b16.json)"
 
-# 2-5. ours: same setting at several micro-batches, then the recipe of configs/smollm2-icae.yaml.
+# 2-6. ours: the same setting at micro-batch 16 and 64, with and without compiled layers,
+# then the recipe of configs/smollm2-icae.yaml (120-token spans) without and with them.
+# Steady examples/s: between the log row at ~40% of the run and the last one (compilation
+# and warm-up excluded); whole-run examples/s as the Trainer counts it, for the seed-style
+# comparison (its code logs no wall clock).
 run() {
   local name=$1; shift
-  timeout $((SECS + 120)) python3 -m icae pretrain --config configs/smollm2-icae.yaml $COMMON "$@" \
+  timeout $((SECS + 180)) python3 -m icae pretrain --config configs/smollm2-icae.yaml $COMMON "$@" \
     pretrain.output_dir=results/bench/$name pretrain.resume_dir=results/bench/$name.resume \
     > results/bench/$name.log 2>&1
   python3 - "$name" <<'PY'
-import json, sys
+import csv, json, sys
 name = sys.argv[1]
 meta = json.load(open(f"results/bench/{name}/checkpoint.json"))
+rows = [r for r in csv.DictReader(open(f"results/bench/{name}.resume/log.csv"))
+        if r.get("wall_seconds")]
 keep = {k: meta.get(k) for k in ("global_step", "examples_seen", "train_runtime_s",
         "train_samples_per_second", "peak_gpu_memory_gib", "gpu")}
+if len(rows) >= 3:
+    a, b = rows[int(0.4 * (len(rows) - 1))], rows[-1]
+    keep["steady_examples_per_s"] = ((int(b["examples_seen"]) - int(a["examples_seen"]))
+                                     / (float(b["wall_seconds"]) - float(a["wall_seconds"])))
+    keep["steady_window"] = [int(a["step"]), int(b["step"])]
 json.dump(keep, open(f"results/bench/{name}.json", "w"))
 print(name, keep)
 PY
 }
-run ours-b16 $SETTING pretrain.per_device_train_batch_size=16
-run ours-b64 $SETTING pretrain.per_device_train_batch_size=64
-
-run recipe-b32 pretrain.max_steps=100000 pretrain.eval_steps=null pretrain.save_steps=100000 \
-  pretrain.max_train_seconds=$SECS
+SEED_SETTING="$SETTING pretrain.dataloader_num_workers=4"
+run ours-b16 $SEED_SETTING pretrain.per_device_train_batch_size=16
+run ours-b64 $SEED_SETTING pretrain.per_device_train_batch_size=64
+run ours-b64-compiled $SEED_SETTING pretrain.per_device_train_batch_size=64 pretrain.compile_layers=true
+RECIPE="pretrain.max_steps=100000 pretrain.eval_steps=null pretrain.save_steps=100000
+  pretrain.logging_steps=10 pretrain.max_train_seconds=$SECS data.prepared_dir=$STORE/prepared-s128"
+run recipe-b128 $RECIPE pretrain.per_device_train_batch_size=128 pretrain.gradient_accumulation_steps=1
+run recipe-b128-compiled $RECIPE pretrain.per_device_train_batch_size=128 \
+  pretrain.gradient_accumulation_steps=1 pretrain.compile_layers=true

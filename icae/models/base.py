@@ -164,6 +164,27 @@ class LoRAWrappedModel(nn.Module):
             self.base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
         self.base.config.use_cache = False
 
+    def transformer_layers(self) -> list[nn.Module]:
+        """The base model's decoder blocks (the classes it names as ``_no_split_modules``)."""
+        names = set(getattr(self.base, "_no_split_modules", None) or [])
+        layers = [m for m in self.base.modules() if type(m).__name__ in names]
+        if not layers:
+            raise ValueError(f"cannot tell the decoder layers of {type(self.base).__name__} "
+                             "(it names no _no_split_modules)")
+        return layers
+
+    def compile_layers(self, **compile_kwargs) -> int:
+        """``torch.compile`` every decoder block in place; returns how many.
+
+        Regional compilation: dynamo inlines nn.Module attributes (its default since torch
+        2.5), so the blocks share one graph per adapter state instead of compiling thirty
+        copies, and the whole-model code around them (mask building, the memory scatter,
+        the chunked loss), which changes shape from batch to batch, stays eager."""
+        layers = self.transformer_layers()
+        for layer in layers:
+            layer.compile(**compile_kwargs)
+        return len(layers)
+
     def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None, **kwargs):
         self.activation_checkpointing_enable(gradient_checkpointing_kwargs, **kwargs)
 

@@ -28,6 +28,57 @@ from icae.utils import atomic_write_json, seed_everything
 log = logging.getLogger(__name__)
 
 
+# The bf16 dense matrix-product rate of one H200 as measured on our GPU machines (an
+# 8192^3 product on random data, /work/.library/device/KINDS.md); the datasheet says ~990.
+H200_BF16_TFLOPS = 788.0
+
+
+def _to_device(obj, device):
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device, non_blocking=True)
+    if isinstance(obj, dict):
+        return {k: _to_device(v, device) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_to_device(v, device) for v in obj]
+    return obj
+
+
+def _pass_flops(n_params: int, layers: int, attn_width: int, rows: list[int]) -> float:
+    """Forward FLOPs of one pass over sequences of ``rows`` real tokens: 2 per parameter
+    per token for the matrix products, plus causal attention (QK^T and AV, 2 T^2 d each,
+    halved by the mask) per layer. Padding is not counted: it is work a padding-free
+    kernel would not do."""
+    return 2.0 * n_params * sum(rows) + 2.0 * layers * attn_width * sum(t * t for t in rows)
+
+
+def step_flops(model, examples) -> float:
+    """Model FLOPs of one training step over ``examples`` (forward + backward = 3 x forward,
+    the usual MFU convention, which also counts the weight gradients a frozen base does not
+    need): the encoder pass over every segment (its tokens and slots), the decoder pass over
+    each prompt, and the LM head on the labelled tokens only (as the loss computes it)."""
+    base = model.base
+    cfg = base.config
+    emb = base.get_input_embeddings().weight
+    head = base.get_output_embeddings().weight
+    n_params = sum(p.numel() for p in base.parameters()) - emb.numel() - (
+        0 if head.data_ptr() == emb.data_ptr() else head.numel())
+    layers = cfg.num_hidden_layers
+    attn_width = cfg.num_attention_heads * (getattr(cfg, "head_dim", None)
+                                            or cfg.hidden_size // cfg.num_attention_heads)
+    encoder_rows, decoder_rows, labelled = [], [], 0
+    for e in examples:
+        decoder_rows.append(len(e.input_ids))
+        labelled += e.num_target_tokens
+        if getattr(model, "compresses_contexts", False):
+            for ctx, _ in e.contexts:
+                for _, n, k in model.segments(len(ctx)):
+                    encoder_rows.append(n + k + int(model.encoder_bos is not None))
+    forward = (_pass_flops(n_params, layers, attn_width, encoder_rows)
+               + _pass_flops(n_params, layers, attn_width, decoder_rows)
+               + 2.0 * head.shape[0] * head.shape[1] * labelled)
+    return 3.0 * forward
+
+
 def _examples(model, n: int, length: int, seed: int):
     g = torch.Generator().manual_seed(seed)
     vocab = len(model.tokenizer)
@@ -71,6 +122,8 @@ def _time_mode(cfg: ExperimentConfig, mode: str, steps: int) -> dict:
     model = build_model(cfg.model).to(device)
     if cfg.pretrain.gradient_checkpointing:
         model.gradient_checkpointing_enable()
+    if cfg.pretrain.compile_layers and mode == "ours":
+        model.compile_layers()
     batch_size = cfg.pretrain.per_device_train_batch_size
     step_fn = model
     if mode == "seed-style":
@@ -93,7 +146,10 @@ def _time_mode(cfg: ExperimentConfig, mode: str, steps: int) -> dict:
         total = 0.0
         for i in range(0, len(batch_examples), batch_size):
             chunk = batch_examples[i:i + batch_size]
-            batch = {k: v.to(device) for k, v in collate(chunk, model.pad_id).items()}
+            # Ours: the training collator (host-side encoder batches, label indices), as
+            # the Trainer feeds it; seed-style: plain padded batches.
+            batch = _to_device(model.collate(chunk) if mode == "ours"
+                               else collate(chunk, model.pad_id), device)
             n_items = sum(e.num_target_tokens for e in batch_examples)
             with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
                 out = step_fn(**batch)
@@ -114,6 +170,8 @@ def _time_mode(cfg: ExperimentConfig, mode: str, steps: int) -> dict:
     if device.type == "cuda":
         torch.cuda.synchronize()
     elapsed = time.perf_counter() - t0
+    flops = sum(step_flops(model, examples[(s + 1) * per_step:(s + 2) * per_step])
+                for s in range(steps))
     result = {
         "mode": mode, "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
         "steps": steps, "examples_per_step": per_step, "micro_batch": batch_size,
@@ -122,6 +180,10 @@ def _time_mode(cfg: ExperimentConfig, mode: str, steps: int) -> dict:
         "seconds_per_step": elapsed / steps,
         "first_step_loss": first_loss,
         "context_tokens_per_s": steps * per_step * length / elapsed,
+        "examples_per_s": steps * per_step / elapsed,
+        "model_tflops_per_s": flops / elapsed / 1e12,
+        "mfu_vs_h200_measured": flops / elapsed / 1e12 / H200_BF16_TFLOPS,
+        "compile_layers": bool(cfg.pretrain.compile_layers and mode == "ours"),
         "peak_gpu_mem_gib": (torch.cuda.max_memory_allocated() / 2**30
                              if device.type == "cuda" else None),
         "params_total": sum(p.numel() for p in step_fn.parameters()),

@@ -21,6 +21,7 @@ import logging
 import math
 import os
 import sys
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -58,6 +59,10 @@ class ICAETrainer(Trainer):
         # would synchronise host and device each time.
         self._aux: dict[str, torch.Tensor] = {}
         self._refresh_optimizer = False  # resume.py: apply the current optimiser settings
+        # Wall clock of this process since the Trainer was built, in every training log:
+        # the steady examples/s is a difference of two late log rows (the Trainer's own
+        # rate averages in compilation, warm-up and evaluation).
+        self._started = time.perf_counter()
 
     def _get_train_sampler(self, *args, **kwargs):
         # Datasets that fix their own (seeded, shuffled) order, such as the pre-training
@@ -157,6 +162,7 @@ class ICAETrainer(Trainer):
             logs["examples_seen"] = self.state.global_step * (
                 self.args.per_device_train_batch_size * self.args.gradient_accumulation_steps
                 * max(self.args.world_size, 1))
+            logs["wall_seconds"] = round(time.perf_counter() - self._started, 3)
             if self.separation is not None:
                 self.separation.update(logs)
         super().log(logs, *args, **kwargs)
@@ -320,13 +326,11 @@ def fsdp_layer_classes(model) -> list[str]:
     weights and both its LoRA adapters are gathered together, so the encoder and decoder
     passes run on the same (one) sharded copy; the rest (embeddings, LM head, final norm,
     ICAE's learned extra_embeddings) is the root unit, gathered for the whole step."""
-    names = list(getattr(model.base, "_no_split_modules", None) or [])
-    present = {type(m).__name__ for m in model.base.modules()}
-    names = [n for n in names if n in present]
-    if not names:
-        raise ValueError(f"fsdp: cannot tell the decoder layers of {type(model.base).__name__} "
-                         "(no _no_split_modules); set pretrain.fsdp / finetune.fsdp to \"\"")
-    return names
+    try:
+        layers = model.transformer_layers()
+    except ValueError as exc:
+        raise ValueError(f"fsdp: {exc}; set pretrain.fsdp / finetune.fsdp to \"\"") from exc
+    return list(dict.fromkeys(type(m).__name__ for m in layers))
 
 
 def fsdp_arguments(t: TrainingConfig, layer_classes: list[str]) -> dict:
@@ -425,6 +429,8 @@ def train(model, train_examples, eval_examples, t: TrainingConfig, *, output_dir
     ``callbacks``: more Trainer callbacks, after the run's own."""
     decision = resume_mod.decide(resume_dir, output_dir, resume_policy)
     avoid_cudnn_attention_backward()
+    if t.compile_layers:
+        log.info("compiled %d decoder layers (torch.compile)", model.compile_layers())
     resume_dir.mkdir(parents=True, exist_ok=True)
     args = training_arguments(t, resume_dir, seed, bool(eval_examples),
                               fsdp_layers=fsdp_layer_classes(model) if t.fsdp else None)

@@ -39,14 +39,19 @@ OLD_SETTING=$(echo $SETTING | sed 's/pretrain.max_train_seconds=[0-9]*//')
      pretrain.output_dir=out pretrain.resume_dir=resume > bench.log 2>&1 ) 
 grep -h '"train_samples_per_second"' "$STORE"/old/resume/log.jsonl | tail -1 > results/bench/seed-style-b16.json
 echo "seed-style b16: $(cat results/bench/seed-style-b16.json)"
+[ -n "${OUT:-}" ] && cp results/bench/seed-style-b16.json "$STORE/old/bench.log" "$OUT/" 2>/dev/null
 
 # 2-6. ours: the same setting at micro-batch 16 and 64, with and without compiled layers,
 # then the recipe of configs/smollm2-icae.yaml (120-token spans) without and with them.
 # Steady examples/s: between the log row at ~40% of the run and the last one (compilation
 # and warm-up excluded); whole-run examples/s as the Trainer counts it, for the seed-style
 # comparison (its code logs no wall clock).
+# DEADLINE (epoch seconds, from remote.sh): a run that could not finish before it is
+# skipped, so that the call returns with what was measured.
+DEADLINE=${DEADLINE:-$(( $(date +%s) + 3600 ))}
 run() {
   local name=$1; shift
+  if [ $(( $(date +%s) + SECS + 75 )) -gt "$DEADLINE" ]; then echo "skipped $name: no time left"; return; fi
   timeout $((SECS + 180)) python3 -m icae pretrain --config configs/smollm2-icae.yaml $COMMON "$@" \
     pretrain.output_dir=results/bench/$name pretrain.resume_dir=results/bench/$name.resume \
     > results/bench/$name.log 2>&1
@@ -66,13 +71,17 @@ if len(rows) >= 3:
 json.dump(keep, open(f"results/bench/{name}.json", "w"))
 print(name, keep)
 PY
+  [ -n "${OUT:-}" ] && cp results/bench/$name.json results/bench/$name.log "$OUT/" 2>/dev/null
 }
-SEED_SETTING="$SETTING pretrain.dataloader_num_workers=4"
-run ours-b16 $SEED_SETTING pretrain.per_device_train_batch_size=16
-run ours-b64 $SEED_SETTING pretrain.per_device_train_batch_size=64
-run ours-b64-compiled $SEED_SETTING pretrain.per_device_train_batch_size=64 pretrain.compile_layers=true
+# (the AE/LM 50/50 mix from the first step, as the seed-style run has it)
+SEED_SETTING="$SETTING pretrain.dataloader_num_workers=4 data.pretrain.ae_only_examples=0
+  data.pretrain.lm_ratio_ramp_examples=0"
 RECIPE="pretrain.max_steps=100000 pretrain.eval_steps=null pretrain.save_steps=100000
   pretrain.logging_steps=10 pretrain.max_train_seconds=$SECS data.prepared_dir=$STORE/prepared-s128"
-run recipe-b128 $RECIPE pretrain.per_device_train_batch_size=128 pretrain.gradient_accumulation_steps=1
+# Most telling first (the deadline may cut the list).
+run ours-b64 $SEED_SETTING pretrain.per_device_train_batch_size=64
+run ours-b64-compiled $SEED_SETTING pretrain.per_device_train_batch_size=64 pretrain.compile_layers=true
 run recipe-b128-compiled $RECIPE pretrain.per_device_train_batch_size=128 \
   pretrain.gradient_accumulation_steps=1 pretrain.compile_layers=true
+run recipe-b128 $RECIPE pretrain.per_device_train_batch_size=128 pretrain.gradient_accumulation_steps=1
+run ours-b16 $SEED_SETTING pretrain.per_device_train_batch_size=16

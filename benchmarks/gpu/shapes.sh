@@ -7,6 +7,7 @@
 #      ours eager and with compiled layers, against the seed-style step, in one process.
 # Everything lands in $OUT (brought back) and results/shapes/.
 set -uo pipefail
+DEADLINE=$(( $(date +%s) + ${CALL_SECONDS:-560} ))  # later training runs are skipped after it
 D=.gpu/d
 OUT=${OUT:-results/shapes}
 mkdir -p "$OUT" results/shapes
@@ -21,6 +22,7 @@ timeout ${INFER_TIMEOUT:-280} python3 benchmarks/inference_benchmark.py --shape 
 tail -40 "$OUT/inference-qwen3-1.7b.log"
 train() {  # name, gpu_benchmark args...
   local name=$1; shift
+  [ $(( $(date +%s) + 150 )) -gt "$DEADLINE" ] && { echo "skipped train-$name: no time left"; return; }
   timeout 200 python3 benchmarks/gpu_benchmark.py --shape qwen3-1.7b --tokenizer $D/qwen3 \
     --mem-size 256 --rate 4 --context 2048 "$@" --out "$OUT/train-$name.json" \
     > "$OUT/train-$name.log" 2>&1

@@ -16,6 +16,10 @@ import sys
 
 import torch
 
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's icae
+
 SHAPES = {
     # hidden, layers, heads, kv heads, intermediate, head_dim (Qwen3 model cards)
     "tiny": (64, 2, 4, 2, 128, 16),  # CPU smoke test of this script

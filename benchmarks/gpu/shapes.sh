@@ -13,8 +13,10 @@ OUT=${OUT:-results/shapes}
 mkdir -p "$OUT" results/shapes
 export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/card.txt"
-timeout 150 python3 -m pytest -q -x -p no:cacheprovider tests/test_decoding.py \
-  tests/test_evaluate_inference.py 2>&1 | tail -15 | tee "$OUT/cuda-tests.txt"
+# Every failure in full (-rf, short tracebacks) in the file; the summary on stdout.
+timeout 150 python3 -m pytest -q -rf --tb=short -p no:cacheprovider tests/test_decoding.py \
+  tests/test_evaluate_inference.py > "$OUT/cuda-tests.txt" 2>&1
+tail -8 "$OUT/cuda-tests.txt"
 timeout ${INFER_TIMEOUT:-280} python3 benchmarks/inference_benchmark.py --shape qwen3-1.7b \
   --preset goals --time-budget ${INFER_BUDGET:-220} --tokenizer $D/qwen3 \
   --agent-file $D/trajectories-test.jsonl.gz --out "$OUT/inference-qwen3-1.7b.json" \

@@ -12,6 +12,10 @@ D=.gpu/d
 OUT=${OUT:-results/shapes}
 mkdir -p "$OUT" results/shapes
 export PYTHONUNBUFFERED=1
+if ls $D/whl/*.whl > /dev/null 2>&1; then  # what the image lacks (nltk: BLEU in the tests)
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/shapes-site $D/whl/*.whl && export PYTHONPATH=/tmp/shapes-site
+fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/card.txt"
 # Every failure in full (-rf, short tracebacks) in the file; the summary on stdout.
 timeout 150 python3 -m pytest -q -rf --tb=short -p no:cacheprovider tests/test_decoding.py \

@@ -303,7 +303,8 @@ class TrainingConfig:
                     "one compiled graph shared by every layer and reused by the encoder and "
                     "decoder passes). Fuses the norm, rotary, activation and LoRA "
                     "element-wise work that bounds small models' steps; the first steps pay "
-                    "the compilation (tens of seconds on a GPU).")
+                    "the compilation (tens of seconds on a GPU). Speed only: losses agree "
+                    "with eager to rounding (see workflow.untracked_keys).")
     fsdp: str = _f(
         "", choices=FSDP_MODES,
         help='Shard the model over the processes of a multi-GPU job (FSDP2 through '

@@ -157,8 +157,8 @@ properties:
   untracked_keys:
     type: array
     items: {type: string}
-    default: [logging_steps, report_to, progress, dataloader_num_workers, save_steps,
-              save_total_limit]
+    default: [logging_steps, report_to, progress, dataloader_num_workers, compile_layers,
+              save_steps, save_total_limit]
     description: >
       Keys of the pretrain, finetune and evaluation sections that do not change
       results: they are passed to the jobs but changing them reruns nothing.

@@ -47,7 +47,8 @@ _CKPT_RE = re.compile(r"^checkpoint-(\d+)$")
 # Training-section settings that cannot change the trained weights: logging, speed,
 # periodic evaluation and where things are written.
 NOT_TRACKED = frozenset({
-    "report_to", "progress", "logging_steps", "dataloader_num_workers", "save_steps",
+    "report_to", "progress", "logging_steps", "dataloader_num_workers", "compile_layers",
+    "save_steps",
     "save_total_limit", "eval_steps", "ae_bleu_samples", "per_device_eval_batch_size",
     "output_dir", "resume_dir",
     # A wall-clock stop and a loss diagnostic: neither changes what a step computes.

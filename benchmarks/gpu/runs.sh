@@ -13,6 +13,9 @@ profile() {
   case $1 in
   s128) echo "data.pretrain.min_len=120 data.pretrain.len_jitter=0.066 model.mem_size=32" ;;
   s448) echo "data.pretrain.min_len=448 data.pretrain.len_jitter=0.14 model.mem_size=128" ;;
+  # Two segments of up to 128 tokens (32 slots each): SQuAD paragraphs (~176 tokens) are
+  # two segments, which 120-token pre-training never shows.
+  s2x128) echo "data.pretrain.min_len=200 data.pretrain.len_jitter=0.25 model.mem_size=32" ;;
   *) echo "unknown data profile $1" >&2; exit 2 ;;
   esac
 }

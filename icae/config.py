@@ -63,6 +63,9 @@ def _f(default: Any = dataclasses.MISSING, *, factory: Any = dataclasses.MISSING
 _BOUND_KEYS = {"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "choices",
                "minItems", "items", "schema"}
 WORKFLOW_SET = " Set by the workflow per job."
+# data.num_proc's maximum: prepare-data keeps this many blocks of documents in flight
+# whatever the worker count (icae.data.corpus), so more workers would idle.
+MAX_NUM_PROC = 32
 
 
 @dataclass
@@ -243,6 +246,11 @@ class DataConfig:
     skip_bad_lines: bool = _f(False, help="Skip (and count) malformed input lines instead "
                                           "of failing.")
     progress: bool = _f(True, help="Progress bars. Logging only (never reruns anything).")
+    num_proc: int = _f(1, minimum=1, maximum=MAX_NUM_PROC,
+                       help="Processes that tokenize the pre-training documents in "
+                            "prepare-data (1: this process, whose fast tokenizer already "
+                            "uses every core for a batch). Speed only: the prepared files "
+                            "are the same for any count, and changing it reruns nothing.")
     pretrain: PretrainDataConfig = _f(factory=PretrainDataConfig,
                                       help="Pre-training text (autoencoding + LM).")
     squad: SquadDataConfig = _f(factory=SquadDataConfig, help="SQuAD question answering.")

@@ -43,6 +43,7 @@ import yaml
 
 from icae.config import (DATA_SETS, FINETUNE_DATASETS, MODEL_TYPES, POSITION_LAYOUTS,
                          ExperimentConfig, config_from_dict, to_dict)
+from icae.data.prepared import split_filename
 from icae.tasks import dataset_of_task, task_of_dataset
 
 # Evaluation task -> the data set it reads (ae evaluates on the pretrain set), and the
@@ -486,24 +487,29 @@ class Plan:
             paths = [d["train_file"], d["eval_file"]]
         return sorted({p for p in paths if p})
 
+    def prepared_file(self, dataset: str, split: str) -> str:
+        """A prepared split (:func:`icae.data.prepared.split_filename`): the output of
+        its prepare_data job and an input of the jobs that read it."""
+        return f"{self.data_dir}/{dataset}/{split_filename(split)}"
+
     def pretrain_inputs(self, branch: str) -> dict[str, str]:
-        inputs = {"model": self.model_dir, "train": f"{self.data_dir}/pretrain/train.jsonl",
-                  "eval": f"{self.data_dir}/pretrain/eval.jsonl"}
+        inputs = {"model": self.model_dir, "train": self.prepared_file("pretrain", "train"),
+                  "eval": self.prepared_file("pretrain", "eval")}
         init = self.branches[branch].config["pretrain"].get("init_checkpoint")
         if init:  # continued or adopted (max_steps 0): a new checkpoint there reruns it
             inputs["init_meta"] = f"{init}/checkpoint.json"
         return inputs
 
     def finetune_inputs(self, branch: str, dataset: str, model_type: str) -> dict[str, str]:
-        inputs = {"model": self.model_dir, "train": f"{self.data_dir}/{dataset}/train.jsonl",
-                  "eval": f"{self.data_dir}/{dataset}/eval.jsonl"}
+        inputs = {"model": self.model_dir, "train": self.prepared_file(dataset, "train"),
+                  "eval": self.prepared_file(dataset, "eval")}
         if model_type == "icae":
             inputs.update(checkpoint_files(self.pretrain_dir(branch), "init_"))
         return inputs
 
     def evaluate_inputs(self, branch: str, variant: str, task: str) -> dict[str, str]:
         inputs = {"model": self.model_dir,
-                  "data": f"{self.data_dir}/{DATASET_OF_TASK[task]}/eval.jsonl"}
+                  "data": self.prepared_file(DATASET_OF_TASK[task], "eval")}
         ckpt = self.variant_checkpoint(branch, variant)
         if ckpt is not None:
             inputs.update(checkpoint_files(ckpt, "checkpoint_"))

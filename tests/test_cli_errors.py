@@ -25,8 +25,8 @@ def _base(workdir, tmp_path):
     return [f"model.model_dir={workdir / 'model'}", f"model.base_model={workdir / 'model'}",
             "model.mem_size=4", "model.mean_compression_rate=2", "model.lora_r=4",
             "model.lora_alpha=8", "model.lora_dropout=0.0", "model.max_encoder_tokens=64",
-            f"data.prepared_dir={workdir / 'prepared'}", f"output_root={tmp_path}",
-            "run_name=t", "pretrain.max_steps=3", "pretrain.progress=false",
+            f"data.prepared_dir={workdir / 'prepared'}", "data.pretrain.min_len=24",
+            f"output_root={tmp_path}", "run_name=t", "pretrain.max_steps=3", "pretrain.progress=false",
             "pretrain.save_steps=1"]
 
 

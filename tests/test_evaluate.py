@@ -27,9 +27,11 @@ TEXTS = [
 NEEDLE = "def function(x):\n    return x + 1"
 
 
-def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+def _write_split(folder: Path, rows: list[dict], split: str = "eval") -> None:
+    """A prepared split as prepare-data writes it."""
+    from icae.data.prepared import split_path, write_records
+
+    write_records(split_path(folder, split), rows)
 
 
 def _trajectory(i: int) -> dict:
@@ -57,19 +59,19 @@ def env(tmp_path_factory):
     tok = tiny_tokenizer()
     data = root / "prepared"
     ids = lambda t: tok(t, add_special_tokens=False)["input_ids"]
-    _write_jsonl(data / "pretrain/eval.jsonl", [
+    _write_split(data / "pretrain", [
         {"id": f"p{i}", "task": "ae" if i % 2 == 0 else "lm", "context_ids": ids(t),
          "continuation_ids": ids("Alice was"), "source": "fixture"}
         for i, t in enumerate(TEXTS)])
-    _write_jsonl(data / "squad/eval.jsonl", [
+    _write_split(data / "squad", [
         {"id": f"q{i}", "title": "T", "context": t, "question": "Who was tired?",
          "answers": ["Alice", "alice"]} for i, t in enumerate(TEXTS)])
-    _write_jsonl(data / "repoqa/eval.jsonl", [
+    _write_split(data / "repoqa", [
         {"id": f"r{i}", "language": "python", "repo": "demo", "needle_name": "function",
          "context": f"{NEEDLE}\n\n# {t}\n", "description": "Adds one to x.",
          "needle_code": NEEDLE, "position_ratio": r, "context_tokens": 40}
         for i, (t, r) in enumerate(zip(TEXTS, (0.1, 0.5, 0.9)))])
-    _write_jsonl(data / "trajectories/eval.jsonl", [_trajectory(i) for i in range(2)])
+    _write_split(data / "trajectories", [_trajectory(i) for i in range(2)])
     return {"root": root, "model_dir": model_dir, "data": data}
 
 
@@ -401,18 +403,22 @@ def test_mismatched_checkpoint(env, tmp_path):
                           "model.mean_compression_rate=4"))
 
 
-@pytest.mark.parametrize("content, error, match", [
-    ("", ValueError, "squad/eval.jsonl: the evaluation data set is empty"),
-    ("\n\n", ValueError, "the evaluation data set is empty"),
-    ('{"id": 1}\n', ValueError, "eval.jsonl:1: record lacks field.*context, question"),
-    ('{"id": 1, \n', ValueError, r"eval.jsonl:1: malformed JSON"),
-    (None, FileNotFoundError, "squad/eval.jsonl: evaluation data for task 'qa' is missing"),
+@pytest.mark.parametrize("rows, error, match", [
+    ([], ValueError, "squad/eval.arrow: the evaluation data set is empty"),
+    ([{"id": 1}], ValueError, "eval.arrow: record 1 lacks field.*context, question"),
+    ("old", ValueError, r"squad: prepared by an older version \(eval\.jsonl.*rerun"),
+    ("garbage", ValueError, r"squad/eval.arrow: not a readable prepared Arrow file"),
+    (None, FileNotFoundError, "squad/eval.arrow: evaluation data for task 'qa' is missing"),
 ])
-def test_bad_data(env, tmp_path, content, error, match):
+def test_bad_data(env, tmp_path, rows, error, match):
     data = tmp_path / "prepared"
-    if content is not None:
-        (data / "squad").mkdir(parents=True)
-        (data / "squad/eval.jsonl").write_text(content)
+    (data / "squad").mkdir(parents=True)
+    if rows == "old":
+        (data / "squad/eval.jsonl").write_text('{"id": 1}\n')
+    elif rows == "garbage":
+        (data / "squad/eval.arrow").write_text('{"id": 1}\n')
+    elif rows is not None:
+        _write_split(data / "squad", rows)
     cfg = make_cfg(env, tmp_path, f"data.prepared_dir={data}")
     with pytest.raises(error, match=match):
         evaluate(cfg)
@@ -421,7 +427,7 @@ def test_bad_data(env, tmp_path, content, error, match):
 
 def test_trajectories_without_turns(env, tmp_path):
     data = tmp_path / "prepared"
-    _write_jsonl(data / "trajectories/eval.jsonl", [{"id": "x", "messages": [
+    _write_split(data / "trajectories", [{"id": "x", "messages": [
         {"role": "user", "content": "hi", "compress": False},
         {"role": "assistant", "content": "hello", "compress": False}]}])
     cfg = make_cfg(env, tmp_path, f"data.prepared_dir={data}", "evaluation.task=trajectories")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from icae.evaluation.run import evaluate
-from tests.test_evaluate import _write_jsonl, env, make_cfg, read_outputs  # noqa: F401
+from tests.test_evaluate import _write_split, env, make_cfg, read_outputs  # noqa: F401
 
 PARAGRAPHS = ["The quick brown fox jumps over the lazy dog. A memory slot holds a summary.",
               "Alice was beginning to get very tired of sitting by her sister on the bank."]
@@ -22,7 +22,7 @@ def _run(env, tmp_path, name, *overrides):
 
 def test_memory_cache_encodes_each_paragraph_once(env, tmp_path):
     data = tmp_path / "prepared"
-    _write_jsonl(data / "squad/eval.jsonl", [
+    _write_split(data / "squad", [
         {"id": f"q{i}{j}", "context": p, "question": q, "answers": ["x"]}
         for i, p in enumerate(PARAGRAPHS) for j, q in enumerate(QUESTIONS)])
     common = ("evaluation.task=qa", f"data.prepared_dir={data}", "evaluation.max_new_tokens=6")

@@ -246,11 +246,11 @@ def test_job_configs():
 def test_inputs():
     plan = make_plan()
     inputs = plan.finetune_inputs("m16-r4-epl-s42", "squad", "icae")
-    assert inputs["train"] == "results/t/data/squad/train.jsonl"
+    assert inputs["train"] == "results/t/data/squad/train.arrow"
     assert inputs["init_weights"] == "results/t/m16-r4-epl-s42/pretrain/final/trained.safetensors"
     assert not any(k.startswith("init_") for k in plan.finetune_inputs("llm-s42", "squad", "llm"))
     inputs = plan.evaluate_inputs("m16-r4-epl-s42", "icae-pretrained", "ae")
-    assert inputs["data"] == "results/t/data/pretrain/eval.jsonl"
+    assert inputs["data"] == "results/t/data/pretrain/eval.arrow"
     assert inputs["checkpoint_meta"] == "results/t/m16-r4-epl-s42/pretrain/final/checkpoint.json"
     assert set(plan.evaluate_inputs("llm-s42", "base", "qa")) == {"model", "data"}
     assert set(plan.pretrain_inputs("m16-r4-epl-s42")) == {"model", "train", "eval"}

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from icae.config import PretrainDataConfig
-from icae.data.tokens import TokenDocuments, write_token_documents
+from icae.data.prepared import TokenDocuments, write_token_documents
 from icae.training.spans import PretrainSpans, lm_share
 from icae.training.trainer import SeparationMonitor
 
@@ -15,9 +15,9 @@ from icae.training.trainer import SeparationMonitor
 def docs(tmp_path):
     rng = np.random.default_rng(0)
     documents = [rng.integers(0, 70000, size=int(n)).tolist() for n in (300, 80, 500, 10, 256)]
-    info = write_token_documents(tmp_path / "d", documents)
+    info = write_token_documents(tmp_path / "train.arrow", documents)
     assert info == {"documents": 5, "tokens": 1146, "dtype": "uint32"}
-    return documents, TokenDocuments(tmp_path / "d")
+    return documents, TokenDocuments(tmp_path / "train.arrow")
 
 
 def _spans(td, n, **kw):
@@ -94,7 +94,7 @@ def test_objectives_and_representatives_follow_the_lm_share(tmp_path):
     """The markers a spans run trains come from its possible objectives: AE only while
     every index is in the AE-only warm-up, AE and LM once the LM share is positive."""
     from icae.config import PretrainDataConfig
-    from icae.data.tokens import TokenDocuments, write_token_documents
+    from icae.data.prepared import TokenDocuments, write_token_documents
     from icae.training.spans import PretrainSpans
 
     write_token_documents(tmp_path / "docs", [list(range(1, 60)), list(range(100, 140))])

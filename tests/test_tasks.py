@@ -102,7 +102,7 @@ def test_a_registered_task_flows_from_data_to_tables(toy, env, tmp_path):
 
     # data preparation: the task's own builder, the common folder layout and summary
     summary = prepare_set(cfg, "longdocs", tokenizer_fn=lambda: None)
-    assert summary["files"] == {"train.jsonl": 2, "eval.jsonl": 1}
+    assert summary["files"] == {"train.arrow": 2, "eval.arrow": 1}
     assert summary["documents"] == 3
     written = json.loads((tmp_path / "prepared/longdocs/summary.json").read_text())
     assert written["set"] == "longdocs" and written["documents"] == 3

@@ -15,8 +15,13 @@ TEXT = ("It is a truth universally acknowledged, that a single man in possession
         "Alice was beginning to get very tired of sitting by her sister on the bank. ")
 
 
+QUESTIONS = [("Who was tired?", "Alice"), ("What jumps?", "The quick brown fox"),
+             ("What is he in want of?", "A wife"), ("Where did she sit?", "The bank")]
+
+
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
+    from icae.data.prepared import split_path, write_records, write_token_documents
     from icae.testing import save_tiny_model_dir, tiny_tokenizer
 
     root = tmp_path_factory.mktemp("train")
@@ -26,8 +31,7 @@ def workdir(tmp_path_factory):
     prep = root / "prepared"
 
     def write(name, split, rows):
-        (prep / name).mkdir(parents=True, exist_ok=True)
-        (prep / name / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        write_records(split_path(prep / name, split), rows)
 
     pre = []
     for i in range(8):
@@ -35,11 +39,15 @@ def workdir(tmp_path_factory):
         pre.append({"id": f"p{i}", "task": "ae" if i % 2 == 0 else "lm", "source": "t",
                     "context_ids": ids[s:s + 24],
                     "continuation_ids": [] if i % 2 == 0 else ids[s + 24:s + 36]})
+    # pre-training: documents to draw training spans from, span records to evaluate on
+    write_token_documents(split_path(prep / "pretrain", "train"),
+                          [ids[3 * i:3 * i + 60] for i in range(8)], len(tok))
+    write("pretrain", "eval", pre)
     for split in ("train", "eval"):
-        write("pretrain", split, pre)
+        # four different questions: a shuffled order is visible in the weights
         write("squad", split, [{"id": f"q{i}", "title": "t", "context": TEXT,
-                                "question": "Who was tired?", "answers": ["Alice", "alice"]}
-                               for i in range(4)])
+                                "question": q, "answers": [a, a.lower()]}
+                               for i, (q, a) in enumerate(QUESTIONS)])
         write("repoqa", split, [{"id": "r0", "language": "python", "repo": "x",
                                  "context": "def f(x):\n    return x + 1\n" * 3,
                                  "description": "adds one", "needle_name": "f",
@@ -60,7 +68,8 @@ def cfg_for(workdir, tmp_path, *overrides):
     base = [f"model.model_dir={workdir / 'model'}", f"model.base_model={workdir / 'model'}",
             "model.mem_size=4", "model.mean_compression_rate=2", "model.lora_r=4",
             "model.lora_alpha=8", "model.lora_dropout=0.0", "model.max_encoder_tokens=64",
-            f"data.prepared_dir={workdir / 'prepared'}", f"output_root={tmp_path}",
+            f"data.prepared_dir={workdir / 'prepared'}", "data.pretrain.min_len=24",
+            f"output_root={tmp_path}",
             "run_name=t", "pretrain.max_steps=2", "finetune.max_steps=2",
             "pretrain.logging_steps=1", "finetune.logging_steps=1", "pretrain.progress=false",
             "finetune.progress=false", "pretrain.learning_rate=1e-2",
@@ -112,12 +121,21 @@ def _run(workdir, tmp_path, dataset="squad", **kw):
     from icae.training.trainer import train
     from icae.utils import seed_everything
 
-    overrides = [f"{k.replace('__', '.')}={v}" for k, v in kw.items() if k != "stop"]
+    overrides = [f"{k.replace('__', '.')}={v}" for k, v in kw.items()
+                 if k not in ("stop", "lazy")]
     ds = [] if dataset == "pretrain" else [f"finetune.dataset={dataset}"]
     cfg = cfg_for(workdir, tmp_path, *ds, *overrides)
     seed_everything(cfg.seed)
     model = build_model(cfg.model)
-    examples, _ = encode_records(model, cfg, dataset, load_records(cfg, dataset, "train"), 512)
+    # the pre-training train split holds documents; its eval split holds span records
+    split = "eval" if dataset == "pretrain" else "train"
+    if kw.get("lazy"):  # what icae finetune trains on
+        from icae.training.examples import LazyExamples
+
+        examples = LazyExamples(model, cfg, dataset, load_records(cfg, dataset, split), 512)
+    else:
+        examples, _ = encode_records(model, cfg, dataset, load_records(cfg, dataset, split),
+                                     512)
     stop = [interrupt_after(kw["stop"])] if kw.get("stop") else None
     try:
         meta = train(model, examples, [], cfg.finetune, output_dir=tmp_path / "out",
@@ -151,6 +169,22 @@ def test_resume_after_interruption_matches_a_straight_run(workdir, tmp_path):
     a, b = _trained(straight), _trained(resumed)
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=0)
+
+
+def test_examples_encoded_when_read_train_exactly_as_the_eager_list(workdir, tmp_path):
+    """The Trainer's seeded shuffle sees the same dataset: same batches, same weights;
+    and a run interrupted and resumed on the lazy dataset ends there too."""
+    common = dict(finetune__max_steps=4, finetune__save_steps=2,
+                  finetune__per_device_train_batch_size=2, dataset="squad")
+    eager, _ = _run(workdir, tmp_path / "a", **common)
+    lazy, _ = _run(workdir, tmp_path / "b", lazy=True, **common)
+    _, meta = _run(workdir, tmp_path / "c", lazy=True, stop=3, **common)
+    assert meta == {"interrupted_at": 3}
+    resumed, _ = _run(workdir, tmp_path / "c", lazy=True, **common)
+    a, b, c = _trained(eager), _trained(lazy), _trained(resumed)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+        torch.testing.assert_close(a[k], c[k], atol=1e-6, rtol=0)
 
 
 def test_batch_of_four_equals_four_accumulated_batches_of_one(workdir, tmp_path):

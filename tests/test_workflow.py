@@ -414,7 +414,7 @@ elif cmd == "prepare-data":
         out = Path(cfg.data.prepared_dir) / name
         out.mkdir(parents=True, exist_ok=True)
         for split in ("train", "eval"):
-            (out / f"{split}.jsonl").write_text(json.dumps({"set": name}) + "\n")
+            (out / f"{split}.arrow").write_text(json.dumps({"set": name}) + "\n")
         (out / "summary.json").write_text(json.dumps({"set": name}))
 elif cmd in ("pretrain", "finetune"):
     t = getattr(cfg, cmd)
@@ -523,7 +523,7 @@ def test_stub_dag_outputs_and_reruns(stub_run):
     b = run / "m16-r4-epl-s42"
     for path in [run / "model" / "config.json",
                  *(run / "data" / s / f for s in ("pretrain", "squad", "repoqa", "trajectories")
-                   for f in ("train.jsonl", "eval.jsonl", "summary.json")),
+                   for f in ("train.arrow", "eval.arrow", "summary.json")),
                  *(b / "pretrain" / "final" / f for f in ("trained.safetensors",
                                                           "checkpoint.json", "config.yaml",
                                                           "log.csv")),

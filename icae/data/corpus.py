@@ -32,11 +32,12 @@ from __future__ import annotations
 
 import logging
 import random
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from icae.config import PretrainDataConfig, TextSource
+from icae.config import MAX_NUM_PROC, PretrainDataConfig, TextSource
 from icae.data.io import DataError, SkipLog, bad_record, iter_jsonl, read_text
 
 log = logging.getLogger(__name__)
@@ -196,6 +197,7 @@ class PretrainStats:
     lm_fallback_ae: int = 0
     tokens: int = 0
     long_documents_windowed: int = 0
+    tokenized: int = 0  # tokens the tokenizer produced (every document read)
     skips: SkipLog = field(default_factory=SkipLog)
 
     def as_dict(self) -> dict:
@@ -206,7 +208,11 @@ class PretrainStats:
                 "tokens": self.tokens, "long_documents_windowed": self.long_documents_windowed}
 
 
-def _doc_examples(doc: Document, ids: list[int], pcfg: PretrainDataConfig, seed: int,
+def _ints(ids) -> list[int]:
+    return ids.tolist() if hasattr(ids, "tolist") else list(ids)
+
+
+def _doc_examples(doc: Document, ids, pcfg: PretrainDataConfig, seed: int,
                   stats: PretrainStats) -> list[dict]:
     rng = random.Random(f"{seed}:{doc.id}")
     lo = max(1, int(pcfg.min_len * (1 - pcfg.len_jitter)))
@@ -240,8 +246,8 @@ def _doc_examples(doc: Document, ids: list[int], pcfg: PretrainDataConfig, seed:
             task = "ae"
             stats.examples_ae += 1
         stats.tokens += len(ctx) + len(cont)
-        out.append({"id": f"{doc.id}#{k}", "task": task, "context_ids": list(ctx),
-                    "continuation_ids": list(cont), "source": doc.source})
+        out.append({"id": f"{doc.id}#{k}", "task": task, "context_ids": _ints(ctx),
+                    "continuation_ids": _ints(cont), "source": doc.source})
     return out
 
 
@@ -263,40 +269,118 @@ def window_text(doc: Document, pcfg: PretrainDataConfig, seed: int) -> str | Non
     return text[start:space if space > start else end]
 
 
-def _tokenized(stream: Iterable[Document], tokenizer, pcfg: PretrainDataConfig, seed: int,
-               block: int = 64) -> Iterator[tuple[Document, list[int], bool]]:
-    """``(document, token ids, windowed)`` in stream order. A long document is tokenized
-    through its bounded window (:func:`window_text`); blocks of documents go to the fast
-    tokenizer together, which encodes a batch on all cores (same ids as one at a time)."""
+def _encode_block(tokenizer, texts: list[str]) -> list:
+    """The token ids of ``texts`` (one batch through the fast tokenizer), as uint32
+    arrays: compact to send between processes and to store."""
+    import numpy as np
+
     from icae.data.tokens import encode_batch
 
-    def flush(buf: list[tuple[Document, str | None]]):
-        texts = [d.text if w is None else w for d, w in buf]
-        for (doc, w), ids in zip(buf, encode_batch(tokenizer, texts, block)):
-            yield doc, ids, w is not None
+    return [np.asarray(ids, dtype=np.uint32)
+            for ids in encode_batch(tokenizer, texts, max(1, len(texts)))]
 
-    buf: list[tuple[Document, str | None]] = []
-    for doc in stream:
-        buf.append((doc, window_text(doc, pcfg, seed)))
-        if len(buf) == block:
-            yield from flush(buf)
-            buf = []
-    if buf:
-        yield from flush(buf)
+
+_WORKER_TOKENIZER = None
+
+
+def _init_worker(tokenizer) -> None:
+    import os
+
+    # One thread per worker: the workers are the parallelism (the fast tokenizer would
+    # otherwise start a thread per core in each of them).
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    global _WORKER_TOKENIZER
+    _WORKER_TOKENIZER = tokenizer
+
+
+def _worker_encode(texts: list[str]) -> list:
+    return _encode_block(_WORKER_TOKENIZER, texts)
+
+
+# Blocks read ahead of the consumer, whatever the worker count: how far the sources are
+# read (and the bad lines counted there) must not depend on it. More workers than this
+# would idle, hence data.num_proc's maximum.
+AHEAD_BLOCKS = MAX_NUM_PROC
+
+
+def _encoded_blocks(blocks: Iterable[tuple[Any, list[str]]], tokenizer, num_proc: int
+                    ) -> Iterator[tuple[Any, list]]:
+    """``(item, token ids of its texts)`` for every ``(item, texts)`` of ``blocks``, in
+    order. With ``num_proc > 1`` the blocks are tokenized in that many processes; at most
+    :data:`AHEAD_BLOCKS` blocks are in flight (memory stays bounded)."""
+    from collections import deque
+
+    pool = None
+    if num_proc > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        # spawn: a fork would copy this process' tokenizer thread pool state (the fast
+        # tokenizer then warns and may deadlock) and every buffered document.
+        pool = ProcessPoolExecutor(num_proc, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_init_worker, initargs=(tokenizer,))
+
+    def done(entry):
+        item, job = entry
+        return item, (job.result() if pool is not None else _encode_block(tokenizer, job))
+
+    pending: deque = deque()
+    try:
+        for item, texts in blocks:
+            pending.append((item, pool.submit(_worker_encode, texts) if pool is not None
+                            else texts))
+            if len(pending) >= AHEAD_BLOCKS:
+                yield done(pending.popleft())
+        while pending:
+            yield done(pending.popleft())
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+# Documents per tokenizer batch (and per block handed to a worker process).
+TOKENIZE_BLOCK = 64
+
+
+def _tokenized(stream: Iterable[Document], tokenizer, pcfg: PretrainDataConfig, seed: int,
+               block: int | None = None, num_proc: int = 1
+               ) -> Iterator[tuple[Document, Any, bool]]:
+    """``(document, token ids (uint32 array), windowed)`` in stream order. A long document
+    is tokenized through its bounded window (:func:`window_text`); blocks of documents go
+    to the fast tokenizer together (in this process it encodes a batch on all cores),
+    or to ``num_proc`` worker processes."""
+
+    block = block or TOKENIZE_BLOCK
+
+    def blocks():
+        buf: list[tuple[Document, str | None]] = []
+        for doc in stream:
+            buf.append((doc, window_text(doc, pcfg, seed)))
+            if len(buf) == block:
+                yield buf, [d.text if w is None else w for d, w in buf]
+                buf = []
+        if buf:
+            yield buf, [d.text if w is None else w for d, w in buf]
+
+    for buf, encoded in _encoded_blocks(blocks(), tokenizer, num_proc):
+        for (doc, w), ids in zip(buf, encoded):
+            yield doc, ids, w is not None
 
 
 def iter_doc_examples(docs: Iterable, tokenizer, pcfg: PretrainDataConfig, seed: int,
                       stats: PretrainStats | None = None, shuffle: bool = True,
-                      doc_ids: list | None = None
+                      doc_ids: list | None = None, num_proc: int = 1
                       ) -> Iterator[tuple[Document, list[dict]]]:
-    """``(document, its examples)`` for every document kept, in shuffled order."""
+    """``(document, its examples)`` for every document kept, in shuffled order;
+    ``doc_ids.append`` receives each kept document's token ids (a uint32 array)."""
     stats = stats if stats is not None else PretrainStats()
     lo = max(1, int(pcfg.min_len * (1 - pcfg.len_jitter)))
     stream = (_as_document(d, i) for i, d in enumerate(docs))
     if shuffle:
         stream = shuffle_buffered(stream, pcfg.shuffle_buffer, random.Random(seed))
-    for doc, ids, windowed in _tokenized(stream, tokenizer, pcfg, seed):
+    for doc, ids, windowed in _tokenized(stream, tokenizer, pcfg, seed, num_proc=num_proc):
         stats.documents_read += 1
+        stats.tokenized += len(ids)
         if windowed:
             stats.long_documents_windowed += 1
         if len(ids) < lo:
@@ -322,44 +406,77 @@ def _progress(total: int | None, desc: str, enabled: bool):
     return progress(total, desc, enabled, unit="tok", unit_scale=True)
 
 
+@dataclass
+class ExampleCounts:
+    """Examples, AE / LM examples and tokens (context + target) of a set."""
+
+    examples: int = 0
+    ae: int = 0
+    lm: int = 0
+    tokens: int = 0
+
+    def add(self, ex: dict) -> int:
+        n = len(ex["context_ids"]) + len(ex["continuation_ids"])
+        self.examples += 1
+        self.ae += ex["task"] == "ae"
+        self.lm += ex["task"] != "ae"
+        self.tokens += n
+        return n
+
+    def as_dict(self) -> dict:
+        return {"examples": self.examples, "ae": self.ae, "lm": self.lm,
+                "tokens": self.tokens}
+
+
 def build_pretrain_examples(docs_iter: Iterable, tokenizer, pcfg: PretrainDataConfig,
                             seed: int, *, token_budget: int | None = None,
                             max_examples: int | None = None, stats: PretrainStats | None = None,
                             progress: bool = False, desc: str = "pretrain",
-                            doc_ids: list | None = None) -> list[dict]:
+                            doc_ids: list | None = None, num_proc: int = 1,
+                            counts: ExampleCounts | None = None, keep: bool = True
+                            ) -> list[dict]:
     """ICAE examples from ``docs_iter`` (:class:`Document`, ``{"text", "id"?, "source"?}``
     dicts or plain strings) until ``token_budget`` (default ``pcfg.token_num``) tokens or
-    ``max_examples`` examples. Deterministic for ``seed``."""
+    ``max_examples`` examples. Deterministic for ``seed``. ``counts`` receives the
+    examples' counts; ``keep=False`` returns none of them (only the counts matter)."""
     stats = stats if stats is not None else PretrainStats()
+    counts = counts if counts is not None else ExampleCounts()
     budget = pcfg.token_num if token_budget is None else token_budget
     out: list[dict] = []
-    tokens = 0
-    with _progress(budget, desc, progress) as bar:
-        for _, examples in iter_doc_examples(docs_iter, tokenizer, pcfg, seed, stats,
-                                             doc_ids=doc_ids):
+    stream = iter_doc_examples(docs_iter, tokenizer, pcfg, seed, stats, doc_ids=doc_ids,
+                               num_proc=num_proc)
+    # closing the stream stops the tokenizer workers (if any) now, not when collected
+    with closing(stream), _progress(budget, desc, progress) as bar:
+        for _, examples in stream:
             for ex in examples:
-                n = len(ex["context_ids"]) + len(ex["continuation_ids"])
-                out.append(ex)
-                tokens += n
-                bar.update(n)
-                if tokens >= budget or (max_examples is not None and len(out) >= max_examples):
+                bar.update(counts.add(ex))
+                if keep:
+                    out.append(ex)
+                if counts.tokens >= budget or (max_examples is not None
+                                               and counts.examples >= max_examples):
                     return out
     return out
 
 
 def _count(examples: list[dict]) -> dict:
-    ae = sum(1 for e in examples if e["task"] == "ae")
-    return {"examples": len(examples), "ae": ae, "lm": len(examples) - ae,
-            "tokens": sum(len(e["context_ids"]) + len(e["continuation_ids"]) for e in examples)}
+    counts = ExampleCounts()
+    for ex in examples:
+        counts.add(ex)
+    return counts.as_dict()
 
 
 def build_pretrain_sets(pcfg: PretrainDataConfig, tokenizer, seed: int, *,
                         skip_bad_lines: bool = False, progress: bool = False,
-                        train_documents: list | None = None
+                        train_documents=None, keep_train: bool = True, num_proc: int = 1
                         ) -> tuple[list[dict], list[dict], dict]:
     """``(train, eval, summary)`` from the configured sources. ``train_documents``, when
-    given, receives the token ids of every document that fed the training set, so that
-    training can draw fresh spans from them each pass (:mod:`icae.training.spans`)."""
+    given (a list, or anything with ``append`` and ``extend`` such as
+    :class:`icae.data.prepared.TokenDocumentWriter`), receives the token ids of every
+    document that fed the training set, in order, so that training can draw fresh spans
+    from them each pass (:mod:`icae.training.spans`). ``keep_train=False``: the training
+    examples are counted (in the summary) but not returned, so memory does not grow
+    with ``token_num``. ``num_proc``: tokenizer processes (the output does not depend
+    on it)."""
     if not pcfg.sources:
         raise DataError("data.pretrain.sources: no sources configured")
     skips = SkipLog()
@@ -367,21 +484,25 @@ def build_pretrain_sets(pcfg: PretrainDataConfig, tokenizer, seed: int, *,
     docs = iter_documents(pcfg.sources, skip_bad_lines=skip_bad_lines, skips=skips)
     eval_examples: list[dict] = []
     eval_stats = PretrainStats()
+    counts = ExampleCounts()
     if pcfg.eval_sources:
         eval_docs = iter_documents(pcfg.eval_sources, label="data.pretrain.eval_sources",
                                    skip_bad_lines=skip_bad_lines, skips=eval_stats.skips)
         if pcfg.eval_size > 0:
             eval_examples = build_pretrain_examples(
                 eval_docs, tokenizer, pcfg, seed + 1, token_budget=10 ** 15,
-                max_examples=pcfg.eval_size, stats=eval_stats, progress=False)
+                max_examples=pcfg.eval_size, stats=eval_stats, progress=False,
+                num_proc=num_proc)
         train = build_pretrain_examples(docs, tokenizer, pcfg, seed, stats=train_stats,
-                                        progress=progress, doc_ids=train_documents)
+                                        progress=progress, doc_ids=train_documents,
+                                        num_proc=num_proc, counts=counts, keep=keep_train)
     else:
         # Hold out the first shuffled documents as the eval set.
-        train, tokens = [], 0
+        train = []
         held_out: list = []
-        stream = iter_doc_examples(docs, tokenizer, pcfg, seed, train_stats, doc_ids=held_out)
-        with _progress(pcfg.token_num, "pretrain", progress) as bar:
+        stream = iter_doc_examples(docs, tokenizer, pcfg, seed, train_stats, doc_ids=held_out,
+                                   num_proc=num_proc)
+        with closing(stream), _progress(pcfg.token_num, "pretrain", progress) as bar:
             for _, examples in stream:
                 if len(eval_examples) < pcfg.eval_size:
                     eval_examples.extend(examples[: pcfg.eval_size - len(eval_examples)])
@@ -391,16 +512,15 @@ def build_pretrain_sets(pcfg: PretrainDataConfig, tokenizer, seed: int, *,
                     train_documents.extend(held_out)
                 held_out.clear()
                 for ex in examples:
-                    n = len(ex["context_ids"]) + len(ex["continuation_ids"])
-                    train.append(ex)
-                    tokens += n
-                    bar.update(n)
-                    if tokens >= pcfg.token_num:
+                    bar.update(counts.add(ex))
+                    if keep_train:
+                        train.append(ex)
+                    if counts.tokens >= pcfg.token_num:
                         break
-                if tokens >= pcfg.token_num:
+                if counts.tokens >= pcfg.token_num:
                     break
     summary = {
-        "train": _count(train), "eval": _count(eval_examples),
+        "train": counts.as_dict(), "eval": _count(eval_examples),
         "documents_read": train_stats.documents_read + eval_stats.documents_read,
         "documents_used": train_stats.documents_used + eval_stats.documents_used,
         "documents_skipped": {"train_sources": train_stats.skips.as_dict(),
@@ -408,11 +528,12 @@ def build_pretrain_sets(pcfg: PretrainDataConfig, tokenizer, seed: int, *,
         "lm_fallback_ae": train_stats.lm_fallback_ae + eval_stats.lm_fallback_ae,
         "long_documents_windowed": (train_stats.long_documents_windowed
                                     + eval_stats.long_documents_windowed),
+        "tokenized_tokens": train_stats.tokenized + eval_stats.tokenized,
         "token_budget": pcfg.token_num,
-        "budget_reached": _count(train)["tokens"] >= pcfg.token_num,
+        "budget_reached": counts.tokens >= pcfg.token_num,
         "eval_from": "eval_sources" if pcfg.eval_sources else "held-out documents",
     }
-    if not train:
+    if not counts.examples:
         raise DataError(
             f"data.pretrain: no training examples: read {summary['documents_read']} documents "
             f"and skipped {skips.total} ({dict(skips.counts)}); "

@@ -3,18 +3,22 @@
 =============  ==============================================  ==========================
 set            built when                                      files
 =============  ==============================================  ==========================
-pretrain       ``data.pretrain.sources``                       train.jsonl, eval.jsonl
-squad          ``data.squad.train_file/eval_file/hf_dataset``  train.jsonl, eval.jsonl
-repoqa         ``data.repoqa.release_file/train_tasks_file/     train.jsonl, eval.jsonl
+pretrain       ``data.pretrain.sources``                       train.arrow (documents),
+                                                               eval.arrow
+squad          ``data.squad.train_file/eval_file/hf_dataset``  train.arrow, eval.arrow
+repoqa         ``data.repoqa.release_file/train_tasks_file/     train.arrow, eval.arrow
                source_dirs``
-trajectories   ``data.trajectories.train_file/eval_file``      train.jsonl, eval.jsonl
+trajectories   ``data.trajectories.train_file/eval_file``      train.arrow, eval.arrow
 =============  ==============================================  ==========================
 
+The splits are Arrow IPC files, memory-mapped by their readers (:mod:`icae.data.prepared`).
 ``data.build`` limits the run to some sets. Each set's folder gets a ``summary.json``
-(counts, skips, cuts, the config section used) and is replaced atomically: a failed run
-leaves the previous output in place. Both ``train.jsonl`` and ``eval.jsonl`` are always
-written; a split that is not configured (e.g. no ``eval_file``) is empty, with a warning and
-``"empty_splits"`` in the summary. Tokenization uses the tokenizer of the prepared base model.
+(its files and row counts, skips, cuts, the config section used, the time taken and, for
+a set it tokenizes, tokens/s) and is replaced atomically: a failed run leaves the
+previous output in place. Both splits are always written; a split that is not configured
+(e.g. no ``eval_file``) is empty, with a warning and ``"empty_splits"`` in the summary.
+Tokenization uses the tokenizer of the prepared base model, in ``data.num_proc``
+processes for the pre-training documents.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from typing import Callable
 
 from icae import tasks
 from icae.config import ExperimentConfig
-from icae.data.io import DataError, relax_permissions, write_jsonl
+from icae.data.io import DataError, relax_permissions
 from icae.utils import atomic_directory, atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -46,6 +50,8 @@ def _tokenizer(cfg: ExperimentConfig):
 
 def prepare_set(cfg: ExperimentConfig, name: str, tokenizer_fn: Callable | None = None) -> dict:
     """Build one data set into ``<prepared_dir>/<name>``; returns its summary."""
+    from icae.data.prepared import split_filename
+
     cache: dict = {}
 
     def tok():
@@ -54,26 +60,25 @@ def prepare_set(cfg: ExperimentConfig, name: str, tokenizer_fn: Callable | None 
         return cache["tok"]
 
     start = time.perf_counter()
-    prepared = tasks.by_dataset(name).prepare(cfg, tok)
-    train, eval_set = prepared.train, prepared.eval
     out = Path(cfg.data.prepared_dir) / name
     section = dataclasses.asdict(getattr(cfg.data, name))
     with atomic_directory(out) as tmp:
-        files, empty = {}, []
-        for split, rows in (("train", train), ("eval", eval_set)):
-            files[split] = write_jsonl(tmp / f"{split}.jsonl", rows)
-            if not rows:
-                empty.append(split)
-                log.warning("prepare-data: %s/%s.jsonl is empty: that split is not configured",
-                            name, split)
-        summary = {"set": name, "files": {f"{k}.jsonl": v for k, v in files.items()},
+        rows, built = tasks.by_dataset(name).write_prepared(cfg, tok, tmp)
+        empty = [split for split, n in rows.items() if not n]
+        for split in empty:
+            log.warning("prepare-data: %s/%s is empty: that split is not configured",
+                        name, split_filename(split))
+        seconds = time.perf_counter() - start
+        summary = {"set": name,
+                   "files": {split_filename(k): v for k, v in rows.items()},
                    "empty_splits": empty,
-                   **prepared.summary, "seed": cfg.seed, "config": section,
+                   **built, "seed": cfg.seed, "config": section,
                    "tokenizer": getattr(cache.get("tok"), "name_or_path", None),
                    # Sub-10 ms precision: a small set's records/s needs a non-zero time.
-                   "seconds": round(time.perf_counter() - start, 4)}
-        if prepared.write_extra is not None:
-            summary.update(prepared.write_extra(tmp))
+                   "seconds": round(seconds, 4)}
+        if "tokenized_tokens" in built:
+            summary["num_proc"] = cfg.data.num_proc
+            summary["tokens_per_s"] = round(built["tokenized_tokens"] / max(seconds, 1e-9))
         atomic_write_json(tmp / "summary.json", summary)
         relax_permissions(tmp)
     return summary
@@ -90,6 +95,9 @@ def _timing(s: dict) -> str:
     rows = sum(v for v in s["files"].values() if isinstance(v, int))
     seconds = float(s.get("seconds") or 0.0)
     rate = f", {rows / seconds:.3g} records/s" if seconds > 0 else ""
+    if "tokens_per_s" in s:
+        rate += (f", {s['tokenized_tokens']} tokens tokenized at {s['tokens_per_s']:.3g} "
+                 f"tokens/s with {s['num_proc']} process(es)")
     return f" (elapsed {fmt_duration(seconds)}{rate})"
 
 

@@ -1,6 +1,6 @@
 """``python -m icae evaluate``: ICAE or the plain-LLM baseline on one task.
 
-Tasks (``evaluation.task``) and their data (``<data.prepared_dir>/<data set>/eval.jsonl``),
+Tasks (``evaluation.task``) and their data (``<data.prepared_dir>/<data set>/eval.arrow``),
 prompts and metrics are the modules of :mod:`icae.tasks`; the metric rows and files are
 built by :mod:`icae.evaluation.summary`. The model is built from
 ``model.*`` and, when ``evaluation.checkpoint`` is set, the trained parameters stored
@@ -83,7 +83,7 @@ import torch
 import torch.nn.functional as F
 
 from icae import tasks
-from icae.data.io import iter_jsonl, write_jsonl
+from icae.data.io import write_jsonl
 from icae.evaluation import metrics as M
 from icae.evaluation.policy import ContextPolicy
 from icae.evaluation.summary import build_summary, finite, metrics_csv, summarize
@@ -113,25 +113,30 @@ def run(cfg, args=None) -> dict:
 
 
 def load_rows(cfg, task: Task) -> tuple[Path, list[dict]]:
-    """The first ``evaluation.num_samples`` rows (file order) of the task's eval file."""
+    """The first ``evaluation.num_samples`` rows (file order) of the task's eval split."""
+    from icae.data.prepared import read_records
+
     path = task.prepared_file(cfg, "eval")
-    if not path.is_file():
+    try:
+        records = read_records(path)
+    except FileNotFoundError as exc:
         raise FileNotFoundError(
-            f"{path}: evaluation data for task {task.name!r} is missing; run "
+            f"{path}: evaluation data for task {task.name!r} is missing ({exc}); run "
             "`python -m icae prepare-data --config ...` first (data.prepared_dir="
-            f"{cfg.data.prepared_dir!r})")
-    numbered = list(iter_jsonl(path, skip_bad_lines=cfg.data.skip_bad_lines))
+            f"{cfg.data.prepared_dir!r})") from None
+    n = len(records)
     if cfg.evaluation.num_samples is not None:
-        numbered = numbered[: cfg.evaluation.num_samples]
-    if not numbered:
+        n = min(n, cfg.evaluation.num_samples)
+    if not n:
         raise ValueError(f"{path}: the evaluation data set is empty")
     rows = []
-    for lineno, row in numbered:
+    for i in range(n):
+        row = records[i]
         missing = [k for k in task.eval_fields if k not in row]
         if missing:
-            raise ValueError(f"{path}:{lineno}: record lacks field(s) {', '.join(missing)}; "
+            raise ValueError(f"{path}: record {i + 1} lacks field(s) {', '.join(missing)}; "
                              f"was it prepared for task {task.name!r}?")
-        row.setdefault("id", f"line{lineno}")
+        row.setdefault("id", f"record{i + 1}")
         rows.append(row)
     return path, rows
 

@@ -1,8 +1,9 @@
 """Autoencoding (task ``ae``) on the pre-training data set (``pretrain``).
 
 Data: :func:`icae.data.corpus.build_pretrain_sets` (spans of the configured corpora, half
-autoencoding and half language modelling by ``data.pretrain.lm_ratio``), plus the training
-documents' tokens for fresh spans every pass (:mod:`icae.training.spans`).
+autoencoding and half language modelling by ``data.pretrain.lm_ratio``). The prepared
+train split holds the training documents' tokens, from which training draws fresh spans
+every pass (:mod:`icae.training.spans`); the eval split holds span records.
 
 Training: the ``ae`` / ``lm`` pre-training objectives (:func:`icae.training.examples.
 pretrain_pieces`). This is not a fine-tuning data set.
@@ -17,7 +18,7 @@ reconstruction.
 
 from __future__ import annotations
 
-from icae.tasks.base import SHARED_UNITS, Example, PreparedData, Task
+from icae.tasks.base import SHARED_UNITS, Example, Task
 
 LLM_INSTRUCTION = "Repeat the following text exactly:\n\n"
 
@@ -26,17 +27,23 @@ class Autoencoding(Task):
     def configured(self, data_cfg) -> bool:
         return bool(data_cfg.pretrain.sources)
 
-    def prepare(self, cfg, tokenizer) -> PreparedData:
+    def write_prepared(self, cfg, tokenizer, folder):
+        """``train.arrow``: the training documents' tokens, written as they are
+        tokenized (training draws fresh spans from them every pass,
+        :mod:`icae.training.spans`); the prepare-time training spans are only counted.
+        ``eval.arrow``: the eval span records."""
         from icae.data.corpus import build_pretrain_sets
-        from icae.data.tokens import write_token_documents
+        from icae.data.prepared import TokenDocumentWriter, split_path, write_records
 
-        documents: list = []
-        train, eval_set, summary = build_pretrain_sets(
-            cfg.data.pretrain, tokenizer(), cfg.seed, skip_bad_lines=cfg.data.skip_bad_lines,
-            progress=cfg.data.progress, train_documents=documents)
-        # The training documents' tokens, for fresh spans every pass (icae.training.spans).
-        return PreparedData(train, eval_set, summary, write_extra=lambda folder: {
-            "train_documents": write_token_documents(folder / "train_documents", documents)})
+        tok = tokenizer()
+        with TokenDocumentWriter(split_path(folder, "train"), len(tok)) as documents:
+            _, eval_set, summary = build_pretrain_sets(
+                cfg.data.pretrain, tok, cfg.seed, skip_bad_lines=cfg.data.skip_bad_lines,
+                progress=cfg.data.progress, train_documents=documents, keep_train=False,
+                num_proc=cfg.data.num_proc)
+        files = {"train": documents.documents,
+                 "eval": write_records(split_path(folder, "eval"), eval_set)}
+        return files, {**summary, "train_documents": documents.info()}
 
     def describe_prepared(self, s: dict) -> str:
         return (f"; documents read {s['documents_read']}, used {s['documents_used']}, "

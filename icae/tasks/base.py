@@ -84,8 +84,6 @@ class PreparedData:
     train: list[dict]
     eval: list[dict]
     summary: dict
-    # Writes more files into the set's folder; returns entries for its summary.json.
-    write_extra: Callable[[Path], dict] | None = None
 
 
 @dataclass(frozen=True)
@@ -102,7 +100,7 @@ class Task:
     dataset_title: str
     # the config keys of data.<dataset> whose presence builds the set (for messages)
     data_inputs: str
-    # fields every record of the prepared eval.jsonl must have
+    # fields every record of the prepared eval split must have
     eval_fields: tuple[str, ...]
     # per-example metrics, in report order (the run adds token and timing metrics)
     metrics: tuple[str, ...]
@@ -137,12 +135,27 @@ class Task:
         model's tokenizer (call it only when needed)."""
         raise NotImplementedError
 
+    def write_prepared(self, cfg: ExperimentConfig, tokenizer: Callable[[], Any],
+                       folder: Path) -> tuple[dict[str, int], dict]:
+        """Write the set's splits into ``folder`` (:func:`icae.data.prepared.split_path`);
+        returns ``({split: rows}, summary entries)``. By default the records of
+        :meth:`prepare`; a task whose set is too large to hold (pre-training) streams its
+        own."""
+        from icae.data.prepared import split_path, write_records
+
+        prepared = self.prepare(cfg, tokenizer)
+        files = {split: write_records(split_path(folder, split), rows)
+                 for split, rows in (("train", prepared.train), ("eval", prepared.eval))}
+        return files, dict(prepared.summary)
+
     def describe_prepared(self, summary: dict) -> str:
         """More of prepare-data's line about the built set (after the file counts)."""
         return ""
 
     def prepared_file(self, cfg: ExperimentConfig, split: str) -> Path:
-        return Path(cfg.data.prepared_dir) / self.dataset / f"{split}.jsonl"
+        from icae.data.prepared import split_path
+
+        return split_path(Path(cfg.data.prepared_dir) / self.dataset, split)
 
     # -- training --------------------------------------------------------------------------
 

@@ -69,10 +69,9 @@ class RepoQA(Task):
 
     def evaluation_data(self, cfg, path):
         """Every needle of each repository, not only the evaluated tasks'."""
-        from icae.data.io import iter_jsonl
+        from icae.data.prepared import read_records
 
-        return repo_needles(row for _, row in iter_jsonl(
-            path, skip_bad_lines=cfg.data.skip_bad_lines))
+        return repo_needles(read_records(path))
 
     def build_examples(self, rows, ctx):
         from icae.models.task_prompts import repoqa_prompt

@@ -9,9 +9,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+from torch.utils.data import Dataset
 
 from icae import tasks
 from icae.config import ExperimentConfig
+from icae.data.prepared import PreparedRecords
 from icae.models.base import EncodedPrompt
 from icae.models.objectives import Objective
 from icae.models.templates import Piece
@@ -83,10 +88,11 @@ def keep_example(enc: EncodedPrompt, max_length: int, stats: BuildStats, model
     return [fitted]
 
 
-def encode_records(model, cfg: ExperimentConfig, dataset: str, records: list[dict],
+def encode_records(model, cfg: ExperimentConfig, dataset: str, records: Sequence[dict],
                    max_length: int) -> tuple[list[EncodedPrompt], BuildStats]:
     """Encode every record of ``dataset`` with its task's training prompt
-    (:meth:`icae.tasks.base.Task.training_examples`)."""
+    (:meth:`icae.tasks.base.Task.training_examples`), all at once (small sets and tests;
+    training uses :class:`LazyExamples`, which gives the same examples)."""
     task = tasks.by_dataset(dataset)
     stats = BuildStats()
     out: list[EncodedPrompt] = []
@@ -95,14 +101,64 @@ def encode_records(model, cfg: ExperimentConfig, dataset: str, records: list[dic
     return out, stats
 
 
-def load_records(cfg: ExperimentConfig, dataset: str, split: str) -> list[dict]:
-    from icae.data.io import read_jsonl
+class LazyExamples(Dataset):
+    """The training examples of prepared records, encoded when read.
+
+    ``dataset[k]`` is the ``k``-th example :func:`encode_records` would give: a record
+    yields none, one or several examples (skips; a trajectory per target turn), so an
+    index pass at construction encodes each record once and keeps only how many
+    examples it gave (``starts``: 8 bytes a record), the :class:`BuildStats` and the
+    markers the examples use. ``dataset[k]`` finds its record by bisection and encodes
+    it again (the last record's examples are kept, for the next turn of the same
+    trajectory). Nothing else is held: the records stay in their memory-mapped file, so
+    memory does not grow with the set. The length, and the example at every index, are
+    those of the eager list, so the Trainer's seeded sampler shuffles them the same way
+    and a resumed run sees the same examples.
+    """
+
+    def __init__(self, model, cfg: ExperimentConfig, dataset: str, records: Sequence[dict],
+                 max_length: int):
+        self.model, self.cfg, self.dataset = model, cfg, dataset
+        self.records, self.max_length = records, max_length
+        self.task = tasks.by_dataset(dataset)
+        self.stats = BuildStats()
+        counts = np.zeros(len(records), dtype=np.int64)
+        markers: set[str] = set()
+        for r, rec in enumerate(records):
+            examples = self.task.training_examples(model, cfg, rec, max_length, self.stats)
+            counts[r] = len(examples)
+            markers.update(markers_in(model, examples))
+        self.markers = sorted(markers)
+        self.starts = np.zeros(len(records) + 1, dtype=np.int64)
+        np.cumsum(counts, out=self.starts[1:])
+        self._cached: tuple[int, list[EncodedPrompt]] | None = None
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def __getitem__(self, k: int) -> EncodedPrompt:
+        if not 0 <= k < len(self):
+            raise IndexError(f"{self.dataset}: example {k} out of range ({len(self)})")
+        r = int(np.searchsorted(self.starts, k, side="right")) - 1
+        if self._cached is None or self._cached[0] != r:
+            examples = self.task.training_examples(self.model, self.cfg, self.records[r],
+                                                   self.max_length, BuildStats())
+            if len(examples) != self.starts[r + 1] - self.starts[r]:
+                raise RuntimeError(f"{self.dataset}: record {r} gave {len(examples)} "
+                                   "examples, not the number counted at start: its task's "
+                                   "training_examples is not deterministic")
+            self._cached = (r, examples)
+        return self._cached[1][k - int(self.starts[r])]
+
+
+def load_records(cfg: ExperimentConfig, dataset: str, split: str) -> PreparedRecords:
+    """The prepared records of ``dataset``'s ``split``, memory-mapped
+    (:class:`icae.data.prepared.PreparedRecords`); a missing set, one prepared by an older
+    version, or an empty split is an error naming it."""
+    from icae.data.prepared import read_records
 
     path = tasks.by_dataset(dataset).prepared_file(cfg, split)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path} does not exist: run `python -m icae prepare-data` for {dataset} first")
-    records = read_jsonl(path)
-    if not records:
+    records = read_records(path)
+    if not len(records):
         raise ValueError(f"{path} holds no examples")
     return records

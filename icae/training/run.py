@@ -13,7 +13,8 @@ from pathlib import Path
 
 from icae.config import ExperimentConfig, TrainingConfig, dump_config
 from icae.models import build_model
-from icae.training.examples import encode_records, load_records, markers_in
+from icae import tasks
+from icae.training.examples import LazyExamples, load_records, markers_in
 from icae.training.resume import ResumePolicy, tracked_config
 from icae.training.trainer import train
 from icae.utils import seed_everything
@@ -33,30 +34,32 @@ def _policy(cfg: ExperimentConfig, stage: str, model, args) -> ResumePolicy:
                         fresh=bool(getattr(args, "fresh", False)), stage=stage)
 
 
+def _examples(cfg: ExperimentConfig, dataset: str, split: str, t: TrainingConfig, model
+              ) -> LazyExamples:
+    return LazyExamples(model, cfg, dataset, load_records(cfg, dataset, split), t.max_length)
+
+
 def _build(cfg: ExperimentConfig, dataset: str, t: TrainingConfig, model):
-    train_records = load_records(cfg, dataset, "train")
-    train_set, stats = encode_records(model, cfg, dataset, train_records, t.max_length)
+    train_set = _examples(cfg, dataset, "train", t, model)
+    stats = train_set.stats
     log.info("%s train: %d examples (%d truncated, %d skipped %s)", dataset, stats.examples,
              stats.truncated, stats.skipped, stats.reasons or "")
-    if not train_set:
+    if not len(train_set):
         raise ValueError(f"no usable {dataset} training examples (skipped: {stats.reasons})")
-    eval_set = []
-    if t.eval_steps:
-        eval_records = load_records(cfg, dataset, "eval")
-        eval_set, _ = encode_records(model, cfg, dataset, eval_records, t.max_length)
+    eval_set = _examples(cfg, dataset, "eval", t, model) if t.eval_steps else []
     return train_set, eval_set, stats
 
 
-def _fresh_spans(cfg: ExperimentConfig, t: TrainingConfig, model, docs_dir: Path):
+def _fresh_spans(cfg: ExperimentConfig, t: TrainingConfig, model):
     """Training examples drawn afresh each pass from the prepared documents."""
     import math
     import os
 
-    from icae.data.tokens import TokenDocuments
+    from icae.data.prepared import TokenDocuments
     from icae.training.examples import BuildStats, pretrain_pieces
     from icae.training.spans import PretrainSpans, task_id
 
-    docs = TokenDocuments(docs_dir)
+    docs = TokenDocuments(tasks.by_dataset("pretrain").prepared_file(cfg, "train"))
     world = int(os.environ.get("WORLD_SIZE", "1"))
     per_step = t.per_device_train_batch_size * t.gradient_accumulation_steps * world
     if t.max_steps > 0:
@@ -72,12 +75,7 @@ def _fresh_spans(cfg: ExperimentConfig, t: TrainingConfig, model, docs_dir: Path
     train_set = PretrainSpans(docs, cfg.data.pretrain, cfg.seed, n, encode)
     log.info("pretrain train: %d examples drawn from %d documents (%d passes)", n,
              len(train_set.usable), math.ceil(n / len(train_set.usable)))
-    eval_set = []
-    if t.eval_steps:
-        from icae.training.examples import encode_records
-
-        eval_set, _ = encode_records(model, cfg, "pretrain",
-                                     load_records(cfg, "pretrain", "eval"), t.max_length)
+    eval_set = _examples(cfg, "pretrain", "eval", t, model) if t.eval_steps else []
     stats = BuildStats(examples=n)
     return train_set, eval_set, stats
 
@@ -92,15 +90,11 @@ def pretrain(cfg: ExperimentConfig, args=None) -> dict:
     model = build_model(cfg.model, checkpoint=t.init_checkpoint)
     if t.init_checkpoint and t.max_steps == 0:
         return _adopt(cfg, t, model)
-    docs_dir = Path(cfg.data.prepared_dir) / "pretrain" / "train_documents"
-    if docs_dir.is_dir():
-        train_set, eval_set, stats = _fresh_spans(cfg, t, model, docs_dir)
-        # The spans dataset holds every pass: one epoch of the Trainer covers them all.
-        import dataclasses
+    train_set, eval_set, stats = _fresh_spans(cfg, t, model)
+    # The spans dataset holds every pass: one epoch of the Trainer covers them all.
+    import dataclasses
 
-        t = dataclasses.replace(t, num_train_epochs=1.0)
-    else:
-        train_set, eval_set, stats = _build(cfg, "pretrain", t, model)
+    t = dataclasses.replace(t, num_train_epochs=1.0)
     ae_contexts = []
     if t.eval_steps and t.ae_bleu_samples:
         from icae.data.io import seeded_subset
@@ -109,8 +103,7 @@ def pretrain(cfg: ExperimentConfig, args=None) -> dict:
         ae_contexts = [r["context_ids"]
                        for r in seeded_subset(records, t.ae_bleu_samples, cfg.seed)]
     # Fresh spans are encoded when read: one example per objective shows their markers.
-    marker_examples = (train_set.representatives() if hasattr(train_set, "representatives")
-                       else train_set)
+    marker_examples = train_set.representatives()
     out, resume = _dirs(cfg, t, "pretrain")
     with _tracked(cfg, "pretrain", resume):
         return train(model, train_set, eval_set, t, output_dir=out, resume_dir=resume,
@@ -129,7 +122,7 @@ def finetune(cfg: ExperimentConfig, args=None) -> dict:
     model = build_model(cfg.model, checkpoint=t.init_checkpoint)
     train_set, eval_set, stats = _build(cfg, t.dataset, t, model)
     out, resume = _dirs(cfg, t, f"finetune-{t.dataset}-{cfg.model.model_type}")
-    markers = set(markers_in(model, train_set))
+    markers = set(train_set.markers)
     if t.init_checkpoint and cfg.model.model_type == "icae":
         from icae.models.checkpoint import read_meta, trained_markers
 

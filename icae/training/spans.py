@@ -1,7 +1,7 @@
 """Pre-training examples drawn afresh from the training documents on every pass.
 
-A prepared pre-training set keeps its training documents' tokens
-(``<prepared>/pretrain/train_documents``, see :func:`icae.data.tokens.write_token_documents`).
+A prepared pre-training set keeps its training documents' tokens (``<prepared>/pretrain/
+train.arrow``, memory-mapped: :class:`icae.data.prepared.TokenDocuments`).
 :class:`PretrainSpans` turns them into as many examples as the run needs: example ``i``
 belongs to pass ``p = i // D`` over the ``D`` documents, whose order is a seeded
 permutation per pass; its span (length in ``min_len * (1 +- len_jitter)``, offset) and its
@@ -23,7 +23,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from icae.config import PretrainDataConfig
-from icae.data.tokens import TokenDocuments
+from icae.data.prepared import TokenDocuments
 from icae.models.objectives import Objective
 
 

@@ -22,8 +22,8 @@ rule prepare_data:
         model=MODEL_DIR,
         sources=local_source_files,
     output:
-        train=f"{DATA_DIR}/{{dataset}}/train.jsonl",
-        eval=f"{DATA_DIR}/{{dataset}}/eval.jsonl",
+        train=PLAN.prepared_file("{dataset}", "train"),
+        eval=PLAN.prepared_file("{dataset}", "eval"),
         summary=f"{DATA_DIR}/{{dataset}}/summary.json",
     log:
         f"{LOGS}/prepare_data/{{dataset}}.log",

@@ -7,10 +7,10 @@
 The printed overrides are the ones to pass.
 """
 
-import json
 import sys
 from pathlib import Path
 
+from icae.data.prepared import split_path, write_records, write_token_documents
 from icae.testing import save_tiny_model_dir, tiny_tokenizer
 
 root = Path(sys.argv[1])
@@ -19,15 +19,14 @@ tok = tiny_tokenizer()
 text = ("The quick brown fox jumps over the lazy dog. A memory slot holds a summary of the "
         "context. Alice was beginning to get very tired of sitting by her sister. ") * 4
 ids = tok(text, add_special_tokens=False)["input_ids"]
-for split in ("train", "eval"):
-    folder = root / "prepared" / "pretrain"
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / f"{split}.jsonl", "w") as fh:
-        for i in range(32):
-            s = i % 40
-            rec = {"id": f"{split}{i}", "task": "ae" if i % 2 == 0 else "lm", "source": "t",
-                   "context_ids": ids[s:s + 48],
-                   "continuation_ids": [] if i % 2 == 0 else ids[s + 48:s + 64]}
-            fh.write(json.dumps(rec) + "\n")
+folder = root / "prepared" / "pretrain"
+# train: documents that training draws fresh 48-token spans from; eval: span records
+write_token_documents(split_path(folder, "train"), [ids[i % 40:i % 40 + 80] for i in range(32)],
+                      len(tok))
+write_records(split_path(folder, "eval"), [
+    {"id": f"eval{i}", "task": "ae" if i % 2 == 0 else "lm", "source": "t",
+     "context_ids": ids[i % 40:i % 40 + 48],
+     "continuation_ids": [] if i % 2 == 0 else ids[i % 40 + 48:i % 40 + 64]}
+    for i in range(32)])
 print(f"model.model_dir={root}/model model.base_model={root}/model "
-      f"data.prepared_dir={root}/prepared")
+      f"data.prepared_dir={root}/prepared data.pretrain.min_len=48")

@@ -312,7 +312,8 @@ class TrainingConfig:
                     "decoder passes). Fuses the norm, rotary, activation and LoRA "
                     "element-wise work that bounds small models' steps; the first steps pay "
                     "the compilation (tens of seconds on a GPU). Speed only: losses agree "
-                    "with eager to rounding (see workflow.untracked_keys).")
+                    "with eager to rounding (see workflow.untracked_keys). Not together "
+                    "with gradient_checkpointing.")
     fsdp: str = _f(
         "", choices=FSDP_MODES,
         help='Shard the model over the processes of a multi-GPU job (FSDP2 through '
@@ -708,6 +709,11 @@ def _validate_training(t: TrainingConfig, section: str) -> None:
              "for pretrain with an init_checkpoint, adopted without training)")
     _require(not t.fsdp_cpu_offload or bool(t.fsdp), f"{section}.fsdp_cpu_offload",
              f"needs {section}.fsdp (full_shard or shard_grad_op)")
+    # Our activation checkpointing restores each pass's adapter state through a
+    # checkpoint context_fn, which torch.compile (2.13) cannot trace.
+    _require(not (t.compile_layers and t.gradient_checkpointing), f"{section}.compile_layers",
+             f"cannot be combined with {section}.gradient_checkpointing (torch.compile cannot "
+             "trace the checkpoint's adapter-state context); set one of them to false")
 
 
 def validate(cfg: ExperimentConfig) -> None:

@@ -152,3 +152,14 @@ def test_a_partial_section_keeps_its_own_defaults(tmp_path):
     assert load_config(None, ["finetune.max_steps=2"]).finetune.learning_rate == 5e-5
     assert load_config(None, ["pretrain.max_steps=2"]).pretrain.learning_rate == 1e-4
     assert load_config(path, ["finetune.learning_rate=2e-5"]).finetune.learning_rate == 2e-5
+
+
+def test_compiled_layers_refuse_activation_checkpointing():
+    import pytest
+
+    from icae.config import load_config
+
+    with pytest.raises(ValueError, match=r"^pretrain\.compile_layers: cannot be combined with "
+                                         r"pretrain\.gradient_checkpointing"):
+        load_config(None, ["pretrain.compile_layers=true", "pretrain.gradient_checkpointing=true"])
+    load_config(None, ["finetune.compile_layers=true"])

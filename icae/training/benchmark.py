@@ -19,6 +19,7 @@ import logging
 import time
 
 import torch
+from accelerate.utils import send_to_device
 
 from icae.config import ExperimentConfig
 from icae.models.base import collate
@@ -31,16 +32,6 @@ log = logging.getLogger(__name__)
 # The bf16 dense matrix-product rate of one H200 as measured on our GPU machines (an
 # 8192^3 product on random data, /work/.library/device/KINDS.md); the datasheet says ~990.
 H200_BF16_TFLOPS = 788.0
-
-
-def _to_device(obj, device):
-    if isinstance(obj, torch.Tensor):
-        return obj.to(device, non_blocking=True)
-    if isinstance(obj, dict):
-        return {k: _to_device(v, device) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_to_device(v, device) for v in obj]
-    return obj
 
 
 def _pass_flops(n_params: int, layers: int, attn_width: int, rows: list[int]) -> float:
@@ -148,8 +139,9 @@ def _time_mode(cfg: ExperimentConfig, mode: str, steps: int) -> dict:
             chunk = batch_examples[i:i + batch_size]
             # Ours: the training collator (host-side encoder batches, label indices), as
             # the Trainer feeds it; seed-style: plain padded batches.
-            batch = _to_device(model.collate(chunk) if mode == "ours"
-                               else collate(chunk, model.pad_id), device)
+            batch = send_to_device(model.collate(chunk) if mode == "ours"
+                                   else collate(chunk, model.pad_id), device,
+                                   non_blocking=True)
             n_items = sum(e.num_target_tokens for e in batch_examples)
             with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
                 out = step_fn(**batch)

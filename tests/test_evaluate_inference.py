@@ -44,7 +44,10 @@ def test_incremental_turns_give_the_same_predictions(env, tmp_path, model_type):
                            "evaluation.decoding=dynamic")
     inc, _, s_inc = _run(env, tmp_path, "inc", *common, "evaluation.decoding=static")
     assert [p["prediction"] for p in inc] == [p["prediction"] for p in full]
-    assert [p["metrics"] for p in inc] == [p["metrics"] for p in full]
+    # Same tokens, same scores; the teacher-forced loss only to float precision: on CUDA
+    # (H200, 2026-12-02) extending a KV cache and recomputing the prefix differ in the 7th
+    # digit (6.3748379 vs 6.3748374), as different kernel shapes do.
+    assert [p["metrics"] for p in inc] == [pytest.approx(p["metrics"], rel=1e-5) for p in full]
     assert s_inc["generation"]["incremental_turns"] is True
     assert s_inc["metrics"]["kv_cache_peak_bytes"] > 0
     for p in inc:

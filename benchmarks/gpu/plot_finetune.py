@@ -1,7 +1,8 @@
-"""SQuAD fine-tuning curves: training loss against examples seen, ICAE-FT and LLM-FT.
+"""SQuAD fine-tuning curves: training loss against examples seen, every ``ft-*.log.csv``
+of the given result folders (one line per run, labelled by folder and run name).
 
-    python benchmarks/gpu/plot_finetune.py docs/results/2026-12-02b-h200 \
-        docs/results/smollm2-135m-squad-ft-2026-12-02.png
+    python benchmarks/gpu/plot_finetune.py docs/results/smollm2-135m-squad-ft-2026-12-02c.png \
+        docs/results/2026-12-02b-h200 docs/results/2026-12-02c-h200
 """
 
 import sys
@@ -13,22 +14,26 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-RUNS = {"llm": "LLM-FT (full context)", "icae-shipped": "ICAE-FT (from the shipped checkpoint)"}
+LABELS = {"llm": "LLM-FT lr 2e-4 (full context)",
+          "icae-shipped": "ICAE-FT lr 2e-4, stopped at 200 s",
+          "icae-lr2e-4": "ICAE-FT lr 2e-4",
+          "icae-lr1e-3": "ICAE-FT lr 1e-3",
+          "icae-s2x128-lr1e-3": "ICAE-FT lr 1e-3 after two-segment pre-training"}
 
 
-def main(folder: str, out: str) -> None:
-    fig, ax = plt.subplots(figsize=(6, 3.8))
-    for name, label in RUNS.items():
-        path = Path(folder) / f"ft-{name}.log.csv"
-        if not path.is_file():
-            continue
-        train = pd.read_csv(path).dropna(subset=["loss", "examples_seen"])
-        ax.plot(train["examples_seen"], train["loss"], label=label)
+def main(out: str, *folders: str) -> None:
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for folder in folders:
+        for path in sorted(Path(folder).glob("ft-*.log.csv")):
+            name = path.name[len("ft-"):-len(".log.csv")]
+            train = pd.read_csv(path).dropna(subset=["loss", "examples_seen"])
+            label = f"{LABELS.get(name, name)} ({Path(folder).name})"
+            ax.plot(train["examples_seen"], train["loss"], label=label)
     ax.set_xlabel("fine-tuning examples seen")
     ax.set_ylabel("training loss (nats/token)")
     ax.set_title("SQuAD fine-tuning, SmolLM2-135M (one H200, 2026-12-02)", fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=7)
     fig.tight_layout()
     for suffix in (".png", ".svg"):
         fig.savefig(Path(out).with_suffix(suffix), dpi=120)

@@ -14,6 +14,9 @@
 #             evaluate SQuAD, bring back checkpoints, logs and metrics
 #   resume    (a fresh machine) unpack resume state brought back earlier (carry .gpu/resume)
 #             and restart the runs where they stopped
+#   sweep     after `START=0 EXTRA_PROFILES=s2x128 setup`: start ft_sweep.sh (SQuAD
+#             fine-tuning to the end of its schedule, learning rates, two-segment
+#             pre-training) in the background; follow it with `wait S`
 #
 # Calls must follow each other within the machine's 30 s warm window (or a fresh
 # machine starts bare: then use `resume`). Everything a run needs survives in $STORE and
@@ -65,11 +68,12 @@ progress() {
     echo "== $name: $(grep -c '^\[step' results/$name/pretrain.log 2>/dev/null) log lines"
     grep '^\[step\|eval_ae_bleu1\|WARNING\|Error\|error' "results/$name/pretrain.log" 2>/dev/null | tail -4 | cut -c1-300
   done
+  [ -f results/sweep.log ] && { echo "== sweep"; tail -n 12 results/sweep.log | cut -c1-400; }
   nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader
 }
 
 bring_logs() {
-  tar czf "$OUT/logs.tgz" results/*/pretrain.log results/*/resume/log.csv \
+  tar czf "$OUT/logs.tgz" results/*.log results/*/pretrain.log results/*/resume/log.csv \
     results/*/*/log.csv results/*/*/checkpoint.json results/*/*/*.json results/*/*.log \
     results/*/*/*/metrics*.csv results/*/*/*/summary.json results/eval results/bench/*.log results/bench/*.json results/bench/*/checkpoint.json 2>/dev/null
   ls -la "$OUT"
@@ -125,6 +129,12 @@ keep)  # keep only the named runs: the others get SIGTERM (they save and stop)
     stop_run $name
   done
   sleep "${WAIT:-20}"; progress
+  bring_logs
+  ;;
+sweep)
+  link_shared
+  setsid nohup bash benchmarks/gpu/ft_sweep.sh "$STORE" $(common) > results/sweep.log 2>&1 &
+  sleep "${2:-60}"; progress
   bring_logs
   ;;
 resume)

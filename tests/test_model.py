@@ -227,3 +227,30 @@ def test_compiled_layers_give_the_same_loss_and_gradients(tiny_tok):
     assert results[0][1].keys() == results[1][1].keys()
     for n, g in results[0][1].items():
         torch.testing.assert_close(g, results[1][1][n], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_periodic_ae_decoding_bypasses_compiled_layers(tiny_tok):
+    # The AE BLEU callback decodes eagerly: through compiled blocks every new KV-cache
+    # length is another graph (dynamo's recompile limit was hit on a GPU), while eager
+    # decoding gives the same tokens.
+    from icae.training.trainer import AEBleuCallback
+
+    graphs = []
+
+    def counting_backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    model = make_icae(tiny_tok, train_decoder=True, seed=3)
+    ctx = _text_ids(tiny_tok, "The quick brown fox jumps over the lazy dog. Alice was")
+    eager_tokens = model.generate([model.prompts.autoencoding_prompt(ctx)], max_new_tokens=4)
+    torch._dynamo.reset()
+    model.compile_layers(backend=counting_backend)
+    callback = AEBleuCallback(model, [ctx], max_new_tokens=4)
+    metrics, state = {}, type("State", (), {"log_history": [], "global_step": 1})()
+    callback.on_evaluate(None, state, None, metrics=metrics)
+    assert "eval_ae_bleu1" in metrics and not graphs
+    compiled_tokens = model.generate([model.prompts.autoencoding_prompt(ctx)], max_new_tokens=4)
+    assert graphs, "generate outside the callback does reach the compiled blocks"
+    assert compiled_tokens == eager_tokens

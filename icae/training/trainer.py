@@ -298,9 +298,9 @@ class AEBleuCallback(TrainerCallback):
         was_training = model.training
         model.eval()
         prompts = [model.prompts.autoencoding_prompt(c) for c in self.contexts]
-        # Decoding through compiled blocks (pretrain.compile_layers) recompiles for every
-        # KV-cache length until dynamo's recompile limit (hit at the first evaluation on
-        # an H200, 2026-12-02); a few reconstructions run fine eagerly.
+        # Decoding through compiled blocks (pretrain.compile_layers) compiles new graphs for
+        # its prefill and KV-cache shapes (dynamo's recompile limit was hit at the first
+        # periodic evaluation on an H200, 2026-12-02); a few reconstructions run fine eagerly.
         with torch.compiler.set_stance("force_eager"):
             outs = model.generate(prompts, max_new_tokens=self.max_new_tokens)
         tok = model.tokenizer

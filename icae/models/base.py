@@ -183,6 +183,7 @@ class LoRAWrappedModel(nn.Module):
         layers = self.transformer_layers()
         for layer in layers:
             layer.compile(**compile_kwargs)
+        self.layers_compiled = True
         return len(layers)
 
     def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None, **kwargs):

@@ -14,6 +14,7 @@ What the subclass changes and why:
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -301,7 +302,10 @@ class AEBleuCallback(TrainerCallback):
         # Decoding through compiled blocks (pretrain.compile_layers) compiles new graphs for
         # its prefill and KV-cache shapes (dynamo's recompile limit was hit at the first
         # periodic evaluation on an H200, 2026-12-02); a few reconstructions run fine eagerly.
-        with torch.compiler.set_stance("force_eager"):
+        # (Only then: the stance imports dynamo, seconds per process.)
+        eager = (torch.compiler.set_stance("force_eager")
+                 if getattr(model, "layers_compiled", False) else contextlib.nullcontext())
+        with eager:
             outs = model.generate(prompts, max_new_tokens=self.max_new_tokens)
         tok = model.tokenizer
         scores = [bleu1(tok.decode(c, skip_special_tokens=True),

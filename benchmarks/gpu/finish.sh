@@ -14,12 +14,6 @@ SQUAD_N=${SQUAD_N:-2000}
 FT_SECONDS=${FT_SECONDS:-150}
 PRETRAINED=${PRETRAINED:-results/$BEST/pretrain}
 source benchmarks/gpu/runs.sh
-ev() {  # name, overrides...
-  local name=$1; shift
-  python3 -m icae evaluate --config $CFG $COMMON "$@" evaluation.output_dir=results/eval/$name \
-    > results/eval-$name.log 2>&1 || { echo "FAILED eval $name"; tail -5 results/eval-$name.log; }
-  echo "== $name"; cat results/eval/$name/summary.json 2>/dev/null | head -c 600; echo
-}
 mkdir -p results/eval results/ft
 # Held-out test documents (never trained or tuned on), cut at each profile's span length.
 for prof in $(profiles); do
@@ -38,12 +32,6 @@ for name in $(run_names); do
     data.prepared_dir=$STORE/prepared-test-$prof evaluation.batch_size=64 &
 done
 # SQuAD fine-tuning, side by side on the GPU.
-ft() {  # name, overrides...
-  local name=$1; shift
-  python3 -m icae finetune --config $CFG $COMMON "$@" finetune.output_dir=results/ft/$name \
-    finetune.resume_dir=results/ft/$name.resume finetune.max_train_seconds=$FT_SECONDS \
-    > results/ft-$name.log 2>&1 || { echo "FAILED ft $name"; tail -5 results/ft-$name.log; }
-}
 B=$(run_args $BEST)
 LLM="model.model_type=llm model.train_decoder=false"
 ft icae-$BEST $B finetune.init_checkpoint=$PRETRAINED &

@@ -24,18 +24,10 @@ S128="$(profile s128) data.prepared_dir=$STORE/prepared-s128"
 S2="$(profile s2x128) data.prepared_dir=$STORE/prepared-s2x128"
 lr() { echo "finetune.learning_rate=$1 finetune.embedding_learning_rate=$1"; }
 say() { echo "[$(date +%T)] $*"; }
-ev() {  # name, overrides...
-  local name=$1; shift
-  python3 -m icae evaluate --config $CFG $COMMON "$@" evaluation.output_dir=results/eval/$name \
-    > results/eval-$name.log 2>&1 || { say "FAILED eval $name"; tail -5 results/eval-$name.log; }
-  say "== $name: $(head -c 400 results/eval/$name/summary.json 2>/dev/null)"
-}
-ft() {  # name, overrides... : fine-tune, then the SQuAD dev evaluation of the result
+ft_eval() {  # name, overrides... : fine-tune, then the SQuAD dev evaluation of the result
   local name=$1; shift
   say "ft $name starts"
-  python3 -m icae finetune --config $CFG $COMMON $S128 "$@" finetune.output_dir=results/ft/$name \
-    finetune.resume_dir=results/ft/$name.resume finetune.max_train_seconds=$FT_SECONDS \
-    > results/ft-$name.log 2>&1 || { say "FAILED ft $name"; tail -5 results/ft-$name.log; return; }
+  ft $name $S128 "$@" || return
   say "ft $name ended: $(tail -1 results/ft/$name/log.csv 2>/dev/null)"
   ev qa-$name $S128 evaluation.task=qa evaluation.num_samples=$SQUAD_N \
     evaluation.checkpoint=results/ft/$name
@@ -49,8 +41,8 @@ python3 -m icae prepare-data --config $CFG $COMMON $(profile s2x128) \
   > results/prepare-test-s2x128.log 2>&1 || say "FAILED prepare-test-s2x128"
 AE2="evaluation.task=ae $(profile s2x128) data.prepared_dir=$STORE/prepared-test-s2x128 evaluation.batch_size=64"
 
-ft icae-lr2e-4 finetune.init_checkpoint=$SHIPPED &
-ft icae-lr1e-3 finetune.init_checkpoint=$SHIPPED $(lr 1e-3) &
+ft_eval icae-lr2e-4 finetune.init_checkpoint=$SHIPPED &
+ft_eval icae-lr1e-3 finetune.init_checkpoint=$SHIPPED $(lr 1e-3) &
 (
   ev ae2-test-shipped $AE2 evaluation.checkpoint=$SHIPPED
   pre() {  # compile_layers on or off; resumes from the last periodic save
@@ -73,7 +65,7 @@ ft icae-lr1e-3 finetune.init_checkpoint=$SHIPPED $(lr 1e-3) &
   say "pretrain s2x128 ended: $(grep '^\[step' results/s2x128/pretrain.log | tail -1 | cut -c1-200)"
   if [ -f results/s2x128/pretrain/checkpoint.json ]; then
     ev ae2-test-s2x128 $AE2 evaluation.checkpoint=results/s2x128/pretrain &
-    ft icae-s2x128-lr1e-3 finetune.init_checkpoint=results/s2x128/pretrain $(lr 1e-3)
+    ft_eval icae-s2x128-lr1e-3 finetune.init_checkpoint=results/s2x128/pretrain $(lr 1e-3)
     wait
   fi
 ) &

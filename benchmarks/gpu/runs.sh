@@ -30,3 +30,18 @@ run_args() {  # name -> every override of that run (data profile, its prepared d
 run_names() { local spec; for spec in "${RUNS[@]}"; do echo "${spec%%|*}"; done; }
 profiles() { local spec; for spec in "${RUNS[@]}"; do IFS='|' read -r _ p _ <<< "$spec"; echo $p; done | sort -u; }
 
+
+# Shared by finish.sh and ft_sweep.sh (which set CFG, COMMON and FT_SECONDS): one
+# evaluation or one fine-tuning run, its log in results/, its failure reported, not fatal.
+ev() {  # name, overrides...
+  local name=$1; shift
+  python3 -m icae evaluate --config $CFG $COMMON "$@" evaluation.output_dir=results/eval/$name \
+    > results/eval-$name.log 2>&1 || { echo "FAILED eval $name"; tail -5 results/eval-$name.log; }
+  echo "== $name"; head -c 600 results/eval/$name/summary.json 2>/dev/null; echo
+}
+ft() {  # name, overrides...
+  local name=$1; shift
+  python3 -m icae finetune --config $CFG $COMMON "$@" finetune.output_dir=results/ft/$name \
+    finetune.resume_dir=results/ft/$name.resume finetune.max_train_seconds=$FT_SECONDS \
+    > results/ft-$name.log 2>&1 || { echo "FAILED ft $name"; tail -5 results/ft-$name.log; return 1; }
+}

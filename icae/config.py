@@ -120,6 +120,13 @@ class ModelConfig:
     attn_implementation: str = _f("sdpa", help="transformers attention implementation.")
 
 
+# model.* settings that only matter for ICAE: the plain LLM reads contexts as text, so its
+# jobs neither track nor resume-check them.
+ICAE_ONLY_MODEL_KEYS = frozenset({"mem_size", "mean_compression_rate", "position_layout",
+                                  "min_compress_len", "max_encoder_tokens", "train_decoder",
+                                  "slot_rule", "memory_scale"})
+
+
 @dataclass
 class TextSource:
     path: str | None = _f(None, help="A local JSONL / text file (exactly one of path or "
@@ -306,6 +313,18 @@ class TrainingConfig:
     bf16: bool = _f(False, help="bf16 autocast.")
     gradient_checkpointing: bool = _f(False, help="Recompute activations in the backward "
                                                   "pass.")
+    freeze_encoder: bool = _f(
+        False, help="ICAE fine-tuning: keep the encoder adapter and the memory-slot "
+                    "embeddings as the init_checkpoint has them, so the memory stays the "
+                    "one pre-training made; the decoder adapter (model.train_decoder) and "
+                    "the prompt markers still train. Ignored by the plain LLM (no encoder).")
+    loss_chunk_tokens: int | None = _f(
+        None, minimum=1,
+        help="Labelled tokens per chunk of the LM head + cross-entropy. With gradients each "
+             "chunk's logits are recomputed in the backward pass, so fp32 logits over the "
+             "vocabulary exist for at most this many tokens at once; larger chunks recompute "
+             "less (one LM-head forward per labelled token) and hold more memory. None keeps "
+             "the model's own chunk size. Speed and memory only.")
     compile_layers: bool = _f(
         False, help="torch.compile each transformer block in place (regional compilation: "
                     "one compiled graph shared by every layer and reused by the encoder and "
@@ -711,6 +730,13 @@ def _validate_training(t: TrainingConfig, section: str) -> None:
              f"needs {section}.fsdp (full_shard or shard_grad_op)")
     # Our activation checkpointing restores each pass's adapter state through a
     # checkpoint context_fn, which torch.compile (2.13) cannot trace.
+    _require(not (t.freeze_encoder and section == "pretrain"), "pretrain.freeze_encoder",
+             "only applies to fine-tuning (pre-training trains the encoder)")
+    # The memory rows share one tensor with the markers: decoupled weight decay would
+    # shrink them even without gradients.
+    _require(not (t.freeze_encoder and t.weight_decay), f"{section}.freeze_encoder",
+             f"cannot be combined with {section}.weight_decay={t.weight_decay} (it would "
+             "shrink the frozen memory-slot embeddings); set weight_decay to 0")
     _require(not (t.compile_layers and t.gradient_checkpointing), f"{section}.compile_layers",
              f"cannot be combined with {section}.gradient_checkpointing (torch.compile cannot "
              "trace the checkpoint's adapter-state context); set one of them to false")

@@ -41,8 +41,8 @@ from typing import Any, Iterator
 
 import yaml
 
-from icae.config import (DATA_SETS, FINETUNE_DATASETS, MODEL_TYPES, POSITION_LAYOUTS,
-                         ExperimentConfig, config_from_dict, to_dict)
+from icae.config import (DATA_SETS, FINETUNE_DATASETS, ICAE_ONLY_MODEL_KEYS, MODEL_TYPES,
+                         POSITION_LAYOUTS, ExperimentConfig, config_from_dict, to_dict)
 from icae.data.prepared import split_filename
 from icae.tasks import dataset_of_task, task_of_dataset
 
@@ -53,10 +53,6 @@ TASK_OF_DATASET = task_of_dataset()
 ALL_DATASETS = DATA_SETS
 EXPERIMENT_KEYS = ("run_name", "output_root", "seed", "model", "data", "pretrain",
                    "finetune", "evaluation")
-# model keys that only matter for ICAE (the plain LLM reads contexts as text).
-ICAE_ONLY_MODEL_KEYS = {"mem_size", "mean_compression_rate", "position_layout",
-                        "min_compress_len", "slot_rule", "max_encoder_tokens",
-                        "train_decoder"}
 TRAINING_STEPS = ("pretrain", "finetune")
 # What a training job leaves in its final folder (trained parameters only).
 CHECKPOINT_FILES = {"weights": "trained.safetensors", "meta": "checkpoint.json",
@@ -389,6 +385,8 @@ class Plan:
         model["model_type"] = "icae" if key.kind == "icae" else "llm"
         if key.kind != "icae":
             model["train_decoder"] = False
+            # (ignored by the plain LLM, which has no encoder; unset, it reruns nothing)
+            cfg["finetune"]["freeze_encoder"] = False
         return Branch(name, key, resolve_experiment(cfg, f"branch {name}"))
 
     def _branches(self) -> dict[str, Branch]:

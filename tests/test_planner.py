@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from icae import planner as P
-from icae.config import load_config, parse_override, to_dict
+from icae.config import ICAE_ONLY_MODEL_KEYS, load_config, parse_override, to_dict
 from icae.planner import BranchKey, Plan, PlanError, Variant
 
 REPO = Path(__file__).resolve().parents[1]
@@ -309,6 +309,24 @@ def test_what_each_edit_reruns():
     # memory size and rate.
     icae_only = _changed(plan, make_plan(model={"min_compress_len": 5}))
     assert icae_only and not any("llm-s42" in j or "m16-r4-s42" in j for j in icae_only)
+    # Every ICAE-only key (one list, icae.config) that does not name the branch.
+    edits = {"min_compress_len": 5, "max_encoder_tokens": 4096, "train_decoder": True,
+             "slot_rule": "fixed", "memory_scale": "embedding"}
+    branch_keys = {"mem_size", "mean_compression_rate", "position_layout"}
+    assert set(edits) == ICAE_ONLY_MODEL_KEYS - branch_keys
+    for key, value in edits.items():
+        changed = _changed(plan, make_plan(model={key: value}))
+        assert changed and not any("llm-s42" in j for j in changed), key
+    # Freezing ICAE's encoder in fine-tuning: the ICAE fine-tunings (and what reads them),
+    # not the plain LLM's, whose job configs stay valid.
+    frozen_plan = make_plan(finetune={"freeze_encoder": True})
+    frozen = _changed(plan, frozen_plan)
+    assert frozen and all("llm-s42" not in j for j in frozen)
+    assert any(j.startswith("finetune icae") for j in frozen)
+    llm_cfg, _ = frozen_plan.job("finetune", branch="llm-s42", dataset="squad", model_type="llm")
+    assert llm_cfg["finetune"]["freeze_encoder"] is False
+    # A speed/memory knob reruns nothing.
+    assert _changed(plan, make_plan(pretrain={"loss_chunk_tokens": 8192})) == set()
     base = _changed(plan, make_plan(model={"lora_r": 8}))
     assert any("llm-s42" in j for j in base) and any("m16-r4-s42" in j for j in base)
 

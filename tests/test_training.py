@@ -114,6 +114,40 @@ def _trained(model):
     return {k: v.clone() for k, v in model.trainable_state_dict().items()}
 
 
+def test_finetune_with_the_encoder_frozen_keeps_the_memory(workdir, tmp_path):
+    # finetune.freeze_encoder through the finetune command: the encoder adapter and the
+    # memory-slot rows stay as the init checkpoint has them; the decoder adapter and the
+    # markers (here [FT], trained for the first time) move.
+    from icae.models.checkpoint import read_weights
+    from icae.training.run import finetune, pretrain
+
+    dec = ["model.train_decoder=true", "model.lora_dropout=0.0"]
+    pretrain(cfg_for(workdir, tmp_path, *dec))
+    ckpt = tmp_path / "t" / "pretrain"
+    ft = cfg_for(workdir, tmp_path, *dec, "finetune.dataset=squad", "finetune.max_steps=3",
+                 f"finetune.init_checkpoint={ckpt}", "finetune.freeze_encoder=true",
+                 "finetune.learning_rate=1e-2", "finetune.embedding_learning_rate=1e-2")
+    finetune(ft)
+    before = read_weights(ckpt / "trained.safetensors")
+    after = read_weights(tmp_path / "t" / "finetune-squad-icae" / "trained.safetensors")
+    m = ft.model.mem_size
+    encoder = [k for k in before if "lora_" in k and ".encoder." in k]
+    decoder = [k for k in before if "lora_B" in k and ".decoder." in k]
+    assert encoder and decoder
+    for k in encoder:
+        assert torch.equal(before[k], after[k]), k
+    assert torch.equal(before["extra_embeddings"][:m], after["extra_embeddings"][:m])
+    assert not torch.equal(before["extra_embeddings"][m:], after["extra_embeddings"][m:])
+    assert any(not torch.equal(before[k], after[k]) for k in decoder)
+
+
+def test_freeze_encoder_is_for_fine_tuning_without_weight_decay(workdir, tmp_path):
+    with pytest.raises(ValueError, match="pretrain.freeze_encoder"):
+        cfg_for(workdir, tmp_path, "pretrain.freeze_encoder=true")
+    with pytest.raises(ValueError, match="weight_decay"):
+        cfg_for(workdir, tmp_path, "finetune.freeze_encoder=true", "finetune.weight_decay=0.1")
+
+
 def _run(workdir, tmp_path, dataset="squad", **kw):
     """Train in-process and return the trained parameters."""
     from icae.training.examples import encode_records, load_records
@@ -189,12 +223,15 @@ def test_examples_encoded_when_read_train_exactly_as_the_eager_list(workdir, tmp
 
 def test_batch_of_four_equals_four_accumulated_batches_of_one(workdir, tmp_path):
     # One optimizer step each; the loss is normalised by the labelled tokens of the whole
-    # accumulated batch in both cases. float32: parameters agree to 1e-5.
+    # accumulated batch in both cases. float32: parameters agree to 1e-5. The accumulated
+    # run also cuts its LM head + loss into 5-token chunks (recomputed in the backward
+    # pass): a speed/memory knob only.
     big, _ = _run(workdir, tmp_path / "a", dataset="pretrain", finetune__max_steps=1,
                   finetune__per_device_train_batch_size=4)
     acc, _ = _run(workdir, tmp_path / "b", dataset="pretrain", finetune__max_steps=1,
                   finetune__per_device_train_batch_size=1,
-                  finetune__gradient_accumulation_steps=4)
+                  finetune__gradient_accumulation_steps=4, finetune__loss_chunk_tokens=5)
+    assert acc.loss_chunk_tokens == 5 and big.loss_chunk_tokens != 5
     la = json.loads((tmp_path / "a" / "resume" / "log.jsonl").read_text().splitlines()[0])
     lb = json.loads((tmp_path / "b" / "resume" / "log.jsonl").read_text().splitlines()[0])
     assert la["loss"] == pytest.approx(lb["loss"], rel=1e-4)

@@ -55,6 +55,22 @@ class ICAE(LoRAWrappedModel):
     def _is_trained(self, name: str) -> bool:
         return "lora_" in name or name == "extra_embeddings"
 
+    # Set by freeze_encoder: the memory-slot rows of extra_embeddings get no gradient.
+    memory_rows_frozen = False
+
+    def freeze_encoder(self) -> int:
+        """Keep the memory as it is: the encoder adapter stops training and the memory-slot
+        embeddings (the first ``mem_size`` rows of ``extra_embeddings``, which share their
+        tensor with the markers) get no gradient; the decoder adapter and the markers still
+        train. Returns how many parameters stopped training."""
+        frozen = 0
+        for name, p in self.named_parameters():
+            if "lora_" in name and ".encoder." in name and p.requires_grad:
+                p.requires_grad_(False)
+                frozen += p.numel()
+        self.memory_rows_frozen = True
+        return frozen + self.mem_size * self.extra_embeddings.shape[1]
+
     # -- prompts ---------------------------------------------------------------------------
     def num_memory_slots(self, length: int) -> int:
         """Slots standing for a context of ``length`` tokens; 0 when it stays text."""
@@ -117,7 +133,10 @@ class ICAE(LoRAWrappedModel):
         V = self.vocab_size
         emb = self.embed_tokens(ids)
         is_extra = (ids >= V) & (ids < self.placeholder_id)
-        extra = self.extra_embeddings.to(emb.dtype)[(ids - V).clamp(0, len(self.extra_embeddings) - 1)]
+        table = self.extra_embeddings
+        if self.memory_rows_frozen:
+            table = torch.cat([table[:self.mem_size].detach(), table[self.mem_size:]])
+        extra = table.to(emb.dtype)[(ids - V).clamp(0, len(table) - 1)]
         return torch.where(is_extra[..., None], extra, emb)
 
     def encoder_inputs(self, contexts: list[list[int]], starts: list[int] | None = None

@@ -115,6 +115,8 @@ def _time_mode(cfg: ExperimentConfig, mode: str, steps: int) -> dict:
         model.gradient_checkpointing_enable()
     if cfg.pretrain.compile_layers and mode == "ours":
         model.compile_layers()
+    if cfg.pretrain.loss_chunk_tokens:
+        model.loss_chunk_tokens = cfg.pretrain.loss_chunk_tokens
     batch_size = cfg.pretrain.per_device_train_batch_size
     step_fn = model
     if mode == "seed-style":

@@ -34,6 +34,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from icae.config import ICAE_ONLY_MODEL_KEYS
 from icae.utils import atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -48,16 +49,12 @@ _CKPT_RE = re.compile(r"^checkpoint-(\d+)$")
 # periodic evaluation and where things are written.
 NOT_TRACKED = frozenset({
     "report_to", "progress", "logging_steps", "dataloader_num_workers", "compile_layers",
-    "save_steps",
+    "loss_chunk_tokens", "save_steps",
     "save_total_limit", "eval_steps", "ae_bleu_samples", "per_device_eval_batch_size",
     "output_dir", "resume_dir",
     # A wall-clock stop and a loss diagnostic: neither changes what a step computes.
     "max_train_seconds", "separation_warning_examples",
 })
-# model.* settings that only matter for ICAE (the plain LLM reads contexts as text).
-ICAE_ONLY_MODEL_KEYS = frozenset({"mem_size", "mean_compression_rate", "position_layout",
-                                  "min_compress_len", "max_encoder_tokens", "train_decoder",
-                                  "slot_rule", "memory_scale"})
 # What ``--resume-from`` may change: the optimizer's hyperparameters and the schedule.
 OPTIMISATION_KEYS = frozenset({"learning_rate", "embedding_learning_rate", "weight_decay", "max_grad_norm",
                                "warmup_steps", "lr_scheduler_type", "max_steps",

@@ -120,6 +120,9 @@ def finetune(cfg: ExperimentConfig, args=None) -> dict:
         log.info("llm baseline: starting from %s", t.init_checkpoint)
     _check_init(cfg, t, "finetune")
     model = build_model(cfg.model, checkpoint=t.init_checkpoint)
+    if t.freeze_encoder and cfg.model.model_type == "icae":
+        log.info("finetune.freeze_encoder: %d parameters of the encoder and memory slots "
+                 "stay as they are", model.freeze_encoder())
     train_set, eval_set, stats = _build(cfg, t.dataset, t, model)
     out, resume = _dirs(cfg, t, f"finetune-{t.dataset}-{cfg.model.model_type}")
     markers = set(train_set.markers)

@@ -439,6 +439,8 @@ def train(model, train_examples, eval_examples, t: TrainingConfig, *, output_dir
     avoid_cudnn_attention_backward()
     if t.compile_layers:
         log.info("compiled %d decoder layers (torch.compile)", model.compile_layers())
+    if t.loss_chunk_tokens:
+        model.loss_chunk_tokens = t.loss_chunk_tokens
     resume_dir.mkdir(parents=True, exist_ok=True)
     args = training_arguments(t, resume_dir, seed, bool(eval_examples),
                               fsdp_layers=fsdp_layer_classes(model) if t.fsdp else None)

@@ -22,16 +22,6 @@ SHIPPED=checkpoints/smollm2-135m-icae
 source benchmarks/gpu/runs.sh
 S128="$(profile s128) data.prepared_dir=$STORE/prepared-s128"
 S2="$(profile s2x128) data.prepared_dir=$STORE/prepared-s2x128"
-lr() { echo "finetune.learning_rate=$1 finetune.embedding_learning_rate=$1"; }
-say() { echo "[$(date +%T)] $*"; }
-ft_eval() {  # name, overrides... : fine-tune, then the SQuAD dev evaluation of the result
-  local name=$1; shift
-  say "ft $name starts"
-  ft $name $S128 "$@" || return
-  say "ft $name ended: $(tail -1 results/ft/$name/log.csv 2>/dev/null)"
-  ev qa-$name $S128 evaluation.task=qa evaluation.num_samples=$SQUAD_N \
-    evaluation.checkpoint=results/ft/$name
-}
 mkdir -p results/eval results/ft results/s2x128
 # Held-out test documents cut into two-segment spans, for the AE evaluations.
 python3 -m icae prepare-data --config $CFG $COMMON $(profile s2x128) \

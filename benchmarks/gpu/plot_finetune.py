@@ -18,7 +18,12 @@ LABELS = {"llm": "LLM-FT lr 2e-4 (full context)",
           "icae-shipped": "ICAE-FT lr 2e-4, stopped at 200 s",
           "icae-lr2e-4": "ICAE-FT lr 2e-4",
           "icae-lr1e-3": "ICAE-FT lr 1e-3",
-          "icae-s2x128-lr1e-3": "ICAE-FT lr 1e-3 after two-segment pre-training"}
+          "icae-s2x128-lr1e-3": "ICAE-FT lr 1e-3 after two-segment pre-training",
+          "icae-lr1e-3-e4": "ICAE-FT lr 1e-3, 4 epochs",
+          "icae-lr1e-3-s43": "ICAE-FT lr 1e-3, seed 43",
+          "icae-lr2e-3": "ICAE-FT lr 2e-3",
+          "llm-lr1e-3": "LLM-FT lr 1e-3 (full context)",
+          "llm-lr2e-4": "LLM-FT lr 2e-4 (full context)"}
 
 
 def main(out: str, *folders: str) -> None:

@@ -14,9 +14,11 @@
 #             evaluate SQuAD, bring back checkpoints, logs and metrics
 #   resume    (a fresh machine) unpack resume state brought back earlier (carry .gpu/resume)
 #             and restart the runs where they stopped
+#   speed     time the training steps (as SPEED=1 setup does) on a machine set up earlier
 #   sweep     after `START=0 EXTRA_PROFILES=s2x128 setup`: start ft_sweep.sh (SQuAD
 #             fine-tuning to the end of its schedule, learning rates, two-segment
-#             pre-training) in the background; follow it with `wait S`
+#             pre-training; SWEEP_SCRIPT=ft_longer.sh: longer schedules, seeds, LLM-FT at the
+#             same rate, the compiled-layer check) in the background; follow it with `wait S`
 #
 # Calls must follow each other within the machine's 30 s warm window (or a fresh
 # machine starts bare: then use `resume`). Everything a run needs survives in $STORE and
@@ -72,6 +74,11 @@ progress() {
   nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader
 }
 
+speed() {  # needs the s448 data (EXTRA_PROFILES=s448 at setup) and the GPU to itself
+  bash benchmarks/gpu/speed.sh "$STORE" $(common) data.prepared_dir=$STORE/prepared-s448 \
+    2>&1 | tee results/bench.log | tail -40
+}
+
 bring_logs() {
   tar czf "$OUT/logs.tgz" results/*.log results/*/pretrain.log results/*/resume/log.csv \
     results/*/*/log.csv results/*/*/checkpoint.json results/*/*/*.json results/*/*.log \
@@ -102,10 +109,7 @@ setup)
   time wait
   tail -n 3 results/prepare-*.log
   set +e
-  if [ "${SPEED:-0}" = 1 ]; then
-    bash benchmarks/gpu/speed.sh "$STORE" $(common) data.prepared_dir=$STORE/prepared-s448 \
-      2>&1 | tee results/bench.log | tail -40
-  fi
+  [ "${SPEED:-0}" = 1 ] && speed
   if [ "${START:-1}" = 1 ]; then start_runs; sleep 45; progress; fi
   bring_logs
   ;;
@@ -131,9 +135,14 @@ keep)  # keep only the named runs: the others get SIGTERM (they save and stop)
   sleep "${WAIT:-20}"; progress
   bring_logs
   ;;
+speed)  # on a machine set up earlier (with EXTRA_PROFILES=s448), once nothing else runs
+  export DEADLINE=$(( $(date +%s) + ${CALL_SECONDS:-570} ))
+  speed
+  bring_logs
+  ;;
 sweep)
   link_shared
-  setsid nohup bash benchmarks/gpu/ft_sweep.sh "$STORE" $(common) > results/sweep.log 2>&1 &
+  setsid nohup bash "benchmarks/gpu/${SWEEP_SCRIPT:-ft_sweep.sh}" "$STORE" $(common) > results/sweep.log 2>&1 &
   sleep "${2:-60}"; progress
   bring_logs
   ;;

@@ -31,8 +31,9 @@ run_names() { local spec; for spec in "${RUNS[@]}"; do echo "${spec%%|*}"; done;
 profiles() { local spec; for spec in "${RUNS[@]}"; do IFS='|' read -r _ p _ <<< "$spec"; echo $p; done | sort -u; }
 
 
-# Shared by finish.sh and ft_sweep.sh (which set CFG, COMMON and FT_SECONDS): one
-# evaluation or one fine-tuning run, its log in results/, its failure reported, not fatal.
+# Shared by finish.sh and the fine-tuning sweeps (which set CFG, COMMON and FT_SECONDS;
+# ft_eval also S128 and SQUAD_N): one evaluation or one fine-tuning run, its log in
+# results/, its failure reported, not fatal.
 ev() {  # name, overrides...
   local name=$1; shift
   python3 -m icae evaluate --config $CFG $COMMON "$@" evaluation.output_dir=results/eval/$name \
@@ -44,4 +45,14 @@ ft() {  # name, overrides...
   python3 -m icae finetune --config $CFG $COMMON "$@" finetune.output_dir=results/ft/$name \
     finetune.resume_dir=results/ft/$name.resume finetune.max_train_seconds=$FT_SECONDS \
     > results/ft-$name.log 2>&1 || { echo "FAILED ft $name"; tail -5 results/ft-$name.log; return 1; }
+}
+lr() { echo "finetune.learning_rate=$1 finetune.embedding_learning_rate=$1"; }
+say() { echo "[$(date +%T)] $*"; }
+ft_eval() {  # name, overrides... : fine-tune, then the SQuAD dev evaluation of the result
+  local name=$1; shift
+  say "ft $name starts"
+  ft $name $S128 "$@" || return
+  say "ft $name ended: $(tail -1 results/ft/$name/log.csv 2>/dev/null)"
+  ev qa-$name $S128 evaluation.task=qa evaluation.num_samples=$SQUAD_N \
+    evaluation.checkpoint=results/ft/$name "$@"
 }

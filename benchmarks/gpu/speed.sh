@@ -35,13 +35,21 @@ data:
     eval_size: 8
 YAML
 OLD_SETTING=$(echo $SETTING | sed 's/pretrain.max_train_seconds=[0-9]*//')
-( cd "$STORE/old" && python3 -m icae prepare-data --config bench.yaml $OLD_SETTING >/dev/null 2>&1 \
-  && timeout $((SECS + 120)) python3 -m icae pretrain --config bench.yaml $OLD_SETTING \
-     pretrain.per_device_train_batch_size=16 pretrain.max_steps=120 \
-     pretrain.output_dir=out pretrain.resume_dir=resume > bench.log 2>&1 ) 
-grep -h '"train_samples_per_second"' "$STORE"/old/resume/log.jsonl | tail -1 > results/bench/seed-style-b16.json
-echo "seed-style b16: $(cat results/bench/seed-style-b16.json)"
-[ -n "${OUT:-}" ] && cp results/bench/seed-style-b16.json "$STORE/old/bench.log" "$OUT/" 2>/dev/null
+# Its code logs no wall clock, so its steady rate comes from two runs of different length:
+# (examples of the longer - of the shorter) / (train_runtime of the longer - of the
+# shorter) leaves out the first steps' warm-up (SEED_STEPS="40 120"; one length gives
+# only the whole-run rate).
+( cd "$STORE/old" && python3 -m icae prepare-data --config bench.yaml $OLD_SETTING >/dev/null 2>&1 )
+for steps in ${SEED_STEPS:-120}; do
+  ( cd "$STORE/old" && rm -rf out-$steps resume-$steps \
+    && timeout $((SECS + 120)) python3 -m icae pretrain --config bench.yaml $OLD_SETTING \
+       pretrain.per_device_train_batch_size=16 pretrain.max_steps=$steps \
+       pretrain.output_dir=out-$steps pretrain.resume_dir=resume-$steps > bench-$steps.log 2>&1 )
+  grep -h '"train_samples_per_second"' "$STORE/old/resume-$steps/log.jsonl" | tail -1 \
+    > results/bench/seed-style-b16-$steps.json
+  echo "seed-style b16, $steps steps: $(cat results/bench/seed-style-b16-$steps.json)"
+  [ -n "${OUT:-}" ] && cp results/bench/seed-style-b16-$steps.json "$STORE/old/bench-$steps.log" "$OUT/" 2>/dev/null
+done
 
 # 2-6. ours: the same setting at micro-batch 16 and 64, with and without compiled layers,
 # then the recipe of configs/smollm2-icae.yaml (120-token spans) without and with them.
@@ -53,6 +61,8 @@ echo "seed-style b16: $(cat results/bench/seed-style-b16.json)"
 DEADLINE=${DEADLINE:-$(( $(date +%s) + 3600 ))}
 run() {
   local name=$1; shift
+  # SPEED_RUNS="a b ...": only these of the runs below, in this script's order.
+  [ -n "${SPEED_RUNS:-}" ] && [[ " $SPEED_RUNS " != *" $name "* ]] && return
   if [ $(( $(date +%s) + SECS + 75 )) -gt "$DEADLINE" ]; then echo "skipped $name: no time left"; return; fi
   timeout $((SECS + 180)) python3 -m icae pretrain --config configs/smollm2-icae.yaml $COMMON "$@" \
     pretrain.output_dir=results/bench/$name pretrain.resume_dir=results/bench/$name.resume \
@@ -83,6 +93,12 @@ RECIPE="pretrain.max_steps=100000 pretrain.eval_steps=null pretrain.save_steps=1
 # Most telling first (the deadline may cut the list).
 run ours-b64 $SEED_SETTING pretrain.per_device_train_batch_size=64
 run ours-b64-compiled $SEED_SETTING pretrain.per_device_train_batch_size=64 pretrain.compile_layers=true
+# One micro-batch of 128 instead of 64 x 2; and 64 x 2 with the LM head + loss in one chunk
+# (~32k labelled tokens: no recomputation of the head in the backward pass, ~16 GB more).
+run ours-b128-compiled $SEED_SETTING pretrain.per_device_train_batch_size=128 \
+  pretrain.gradient_accumulation_steps=1 pretrain.compile_layers=true
+run ours-b64-compiled-onechunk $SEED_SETTING pretrain.per_device_train_batch_size=64 \
+  pretrain.compile_layers=true pretrain.loss_chunk_tokens=65536
 run recipe-b128-compiled $RECIPE pretrain.per_device_train_batch_size=128 \
   pretrain.gradient_accumulation_steps=1 pretrain.compile_layers=true
 run recipe-b128 $RECIPE pretrain.per_device_train_batch_size=128 pretrain.gradient_accumulation_steps=1

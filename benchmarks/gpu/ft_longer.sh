@@ -57,7 +57,7 @@ ft_eval llm-lr2e-4 $LLM $(lr 2e-4) &
     pretrain.resume_dir=results/compile-check/resume > results/compile-check/pretrain.log 2>&1 \
     || say "FAILED compile-check"
   say "compile-check ended: $(grep -c 'Recompiling' results/compile-check/pretrain.log) recompile" \
-    "messages, $(grep -c 'eval_ae_bleu1' results/compile-check/pretrain.log) evaluation rows," \
+    "messages, $(python3 -c "import csv; print(sum(1 for r in csv.DictReader(open('results/compile-check/resume/log.csv')) if r.get('eval_ae_bleu1')))") AE BLEU rows," \
     "$(grep -c 'recompile_limit\|cache_size_limit' results/compile-check/pretrain.log) limit hits"
 ) &
 wait

@@ -33,9 +33,9 @@ VENV_BIN = Path(sys.executable).parent
 
 
 def snakemake(workdir: Path, configfile: Path | None, *args: str, check: bool = True,
-              env: dict | None = None) -> subprocess.CompletedProcess:
+              env: dict | None = None, gpus: int = 1) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "-d", str(workdir),
-           "--workflow-profile", str(PROFILE), "--cores", "2", "--resources", "gpu=1"]
+           "--workflow-profile", str(PROFILE), "--cores", "2", "--resources", f"gpu={gpus}"]
     if configfile is not None:
         cmd += ["--configfile", str(configfile)]
     full_env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
@@ -756,7 +756,13 @@ def test_full_dag_tiny_model(tmp_path):
                      "progress": False},
         "evaluation": {"batch_size": 2, "max_new_tokens": 4, "num_samples": 2,
                        "max_turns_per_trajectory": 1, "progress": False},
-        "workflow": {"env": {"WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1"}},
+        # One thread per job and two "GPU" jobs at a time: on CPU each job of this tiny
+        # model spends most of its time importing torch and transformers on one core, so
+        # two overlap well on a 2-core machine (the DAG and commands are the same).
+        "workflow": {"env": {"WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1"},
+                     "threads": {step: 1 for step in ("prepare_model", "prepare_data",
+                                                      "pretrain", "finetune", "evaluate",
+                                                      "aggregate")}},
     }
     cfg = write_config(tmp_path / "tiny.yaml", data)
     expected = _expected_jobs({"workflow": {"finetune_datasets": ["squad", "repoqa",
@@ -764,7 +770,7 @@ def test_full_dag_tiny_model(tmp_path):
     expected = {tuple(w.replace("m16-r4", "m4-r4").replace("-s42", "-s0") for w in j)
                 for j in expected}
     assert scheduled(tmp_path, cfg) == expected
-    snakemake(tmp_path, cfg, "--show-failed-logs")
+    snakemake(tmp_path, cfg, "--show-failed-logs", gpus=2)
     run = tmp_path / "results" / "tiny"
     for f in ("trained.safetensors", "checkpoint.json", "config.yaml", "log.csv"):
         assert (run / "m4-r4-epl-s0" / "pretrain" / "final" / f).is_file(), f

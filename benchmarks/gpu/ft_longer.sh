@@ -26,16 +26,7 @@ source benchmarks/gpu/runs.sh
 S128="$(profile s128) data.prepared_dir=$STORE/prepared-s128"
 LLM="model.model_type=llm model.train_decoder=false"
 mkdir -p results/eval results/ft results/compile-check
-# The training subset as an evaluation set (train-set F1): only its first TRAIN_N questions.
-python3 -m icae prepare-data --config $CFG $COMMON $(profile s128) data.build=[squad] \
-  data.prepared_dir=$STORE/prepared-squadtrain \
-  data.squad.eval_file=../shared/data/squad/train-subset-v1.1.json.gz data.squad.eval_size=$TRAIN_N \
-  > results/prepare-squadtrain.log 2>&1 || say "FAILED prepare-squadtrain"
-on_train() {  # name, checkpoint, overrides...
-  local name=$1 ckpt=$2; shift 2
-  ev train-$name $S128 data.prepared_dir=$STORE/prepared-squadtrain evaluation.task=qa \
-    evaluation.num_samples=$TRAIN_N evaluation.checkpoint=$ckpt "$@"
-}
+prepare_squadtrain
 
 (ft_eval icae-lr1e-3-e4 finetune.init_checkpoint=$SHIPPED $(lr 1e-3) finetune.num_train_epochs=4 \
   && on_train icae-lr1e-3-e4 results/ft/icae-lr1e-3-e4) &

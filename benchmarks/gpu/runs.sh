@@ -32,7 +32,7 @@ profiles() { local spec; for spec in "${RUNS[@]}"; do IFS='|' read -r _ p _ <<< 
 
 
 # Shared by finish.sh and the fine-tuning sweeps (which set CFG, COMMON and FT_SECONDS;
-# ft_eval also S128 and SQUAD_N): one evaluation or one fine-tuning run, its log in
+# ft_eval also S128 and SQUAD_N, the train-set helpers STORE, S128 and TRAIN_N): one evaluation or one fine-tuning run, its log in
 # results/, its failure reported, not fatal.
 ev() {  # name, overrides...
   local name=$1; shift
@@ -55,4 +55,15 @@ ft_eval() {  # name, overrides... : fine-tune, then the SQuAD dev evaluation of 
   say "ft $name ended: $(tail -1 results/ft/$name/log.csv 2>/dev/null)"
   ev qa-$name $S128 evaluation.task=qa evaluation.num_samples=$SQUAD_N \
     evaluation.checkpoint=results/ft/$name "$@"
+}
+prepare_squadtrain() {  # the training subset as an evaluation set (first TRAIN_N questions)
+  python3 -m icae prepare-data --config $CFG $COMMON $(profile s128) data.build=[squad] \
+    data.prepared_dir=$STORE/prepared-squadtrain \
+    data.squad.eval_file=../shared/data/squad/train-subset-v1.1.json.gz data.squad.eval_size=$TRAIN_N \
+    > results/prepare-squadtrain.log 2>&1 || say "FAILED prepare-squadtrain"
+}
+on_train() {  # name, checkpoint, overrides... : train-set F1 (after prepare_squadtrain)
+  local name=$1 ckpt=$2; shift 2
+  ev train-$name $S128 data.prepared_dir=$STORE/prepared-squadtrain evaluation.task=qa \
+    evaluation.num_samples=$TRAIN_N evaluation.checkpoint=$ckpt "$@"
 }

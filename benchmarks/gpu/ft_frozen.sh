@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Run ON THE GPU MACHINE after `RUNSET=2026-12-02-squad START=0 remote.sh setup`
+# (`SWEEP_SCRIPT=ft_frozen.sh remote.sh sweep` starts it in the background; `remote.sh
+# wait S` follows it). The fourth lease of 2026-12-02 found that ICAE-FT fits its training
+# questions (95 F1) but answers new paragraphs with words they do not contain, while the
+# pre-trained memory reconstructs those paragraphs at 0.96 BLEU-1. Does keeping that
+# memory (finetune.freeze_encoder: encoder adapter and memory slots frozen; the decoder
+# adapter and the markers learn to read them) generalise better? Side by side, from the
+# shipped checkpoint, dev F1 on the first SQUAD_N questions and train-set F1 on the first
+# TRAIN_N training questions:
+#   icae-frozen-lr1e-3      2 epochs at the rate of the unfrozen runs (45.3 / 44.6 F1)
+#   icae-frozen-lr1e-3-e4   4 epochs (unfrozen: 46.1 dev, 95.3 train-set F1)
+#   icae-frozen-lr3e-3      2 epochs at 3x the rate (fewer trained parameters)
+# Usage: ft_frozen.sh STORE [overrides shared by every command...]
+set -uo pipefail
+STORE=$1; shift
+COMMON="$*"
+CFG=configs/smollm2-icae.yaml
+SQUAD_N=${SQUAD_N:-2000}
+TRAIN_N=${TRAIN_N:-1000}
+FT_SECONDS=${FT_SECONDS:-1200}
+SHIPPED=checkpoints/smollm2-135m-icae
+source benchmarks/gpu/runs.sh
+S128="$(profile s128) data.prepared_dir=$STORE/prepared-s128"
+FROZEN="finetune.init_checkpoint=$SHIPPED finetune.freeze_encoder=true"
+mkdir -p results/eval results/ft
+prepare_squadtrain
+for spec in "icae-frozen-lr1e-3|$(lr 1e-3)" "icae-frozen-lr1e-3-e4|$(lr 1e-3) finetune.num_train_epochs=4" \
+            "icae-frozen-lr3e-3|$(lr 3e-3)"; do
+  IFS='|' read -r name over <<< "$spec"
+  (ft_eval $name $FROZEN $over && on_train $name results/ft/$name) &
+done
+wait
+say "sweep done"

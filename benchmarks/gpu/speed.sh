@@ -91,7 +91,7 @@ SEED_SETTING="$SETTING pretrain.dataloader_num_workers=4 data.pretrain.ae_only_e
 RECIPE="pretrain.max_steps=100000 pretrain.eval_steps=null pretrain.save_steps=100000
   pretrain.logging_steps=5 pretrain.max_train_seconds=$SECS data.prepared_dir=$STORE/prepared-s128"
 # Most telling first (the deadline may cut the list).
-run ours-b64 $SEED_SETTING pretrain.per_device_train_batch_size=64
+run ours-b64 $SEED_SETTING pretrain.per_device_train_batch_size=64 pretrain.compile_layers=false
 run ours-b64-compiled $SEED_SETTING pretrain.per_device_train_batch_size=64 pretrain.compile_layers=true
 # One micro-batch of 128 instead of 64 x 2; and 64 x 2 with the LM head + loss in one chunk
 # (~32k labelled tokens: no recomputation of the head in the backward pass, ~16 GB more).
@@ -101,5 +101,6 @@ run ours-b64-compiled-onechunk $SEED_SETTING pretrain.per_device_train_batch_siz
   pretrain.compile_layers=true pretrain.loss_chunk_tokens=65536
 run recipe-b128-compiled $RECIPE pretrain.per_device_train_batch_size=128 \
   pretrain.gradient_accumulation_steps=1 pretrain.compile_layers=true
-run recipe-b128 $RECIPE pretrain.per_device_train_batch_size=128 pretrain.gradient_accumulation_steps=1
-run ours-b16 $SEED_SETTING pretrain.per_device_train_batch_size=16
+run recipe-b128 $RECIPE pretrain.per_device_train_batch_size=128 pretrain.gradient_accumulation_steps=1 \
+  pretrain.compile_layers=false
+run ours-b16 $SEED_SETTING pretrain.per_device_train_batch_size=16 pretrain.compile_layers=false

@@ -318,6 +318,15 @@ class TrainingConfig:
                     "embeddings as the init_checkpoint has them, so the memory stays the "
                     "one pre-training made; the decoder adapter (model.train_decoder) and "
                     "the prompt markers still train. Ignored by the plain LLM (no encoder).")
+    ae_ratio: float = _f(
+        0.0, minimum=0, maximum=1,
+        help="ICAE fine-tuning: the fraction of the fine-tuning contexts that also get an "
+             "autoencoding example (the context reconstructed from its memory after the "
+             "[AE] marker, as in pre-training), beside their task examples: keeps the "
+             "memory holding the text while the task is learned. Contexts are drawn by a "
+             "seeded hash of their tokens, so a context several records share (SQuAD's "
+             "questions on one paragraph) gets its example from each of them. Ignored by the "
+             "plain LLM.")
     loss_chunk_tokens: int | None = _f(
         None, minimum=1,
         help="Labelled tokens per chunk of the LM head + cross-entropy. With gradients each "
@@ -732,6 +741,9 @@ def _validate_training(t: TrainingConfig, section: str) -> None:
     # checkpoint context_fn, which torch.compile (2.13) cannot trace.
     _require(not (t.freeze_encoder and section == "pretrain"), "pretrain.freeze_encoder",
              "only applies to fine-tuning (pre-training trains the encoder)")
+    _require(not (t.ae_ratio and section == "pretrain"), "pretrain.ae_ratio",
+             "only applies to fine-tuning (pre-training mixes its objectives with "
+             "data.pretrain.lm_ratio)")
     # The memory rows share one tensor with the markers: decoupled weight decay would
     # shrink them even without gradients.
     _require(not (t.freeze_encoder and t.weight_decay), f"{section}.freeze_encoder",

@@ -385,8 +385,9 @@ class Plan:
         model["model_type"] = "icae" if key.kind == "icae" else "llm"
         if key.kind != "icae":
             model["train_decoder"] = False
-            # (ignored by the plain LLM, which has no encoder; unset, it reruns nothing)
+            # (ignored by the plain LLM, which has no memory; unset, they rerun nothing)
             cfg["finetune"]["freeze_encoder"] = False
+            cfg["finetune"]["ae_ratio"] = 0.0
         return Branch(name, key, resolve_experiment(cfg, f"branch {name}"))
 
     def _branches(self) -> dict[str, Branch]:

@@ -318,13 +318,16 @@ def test_what_each_edit_reruns():
         changed = _changed(plan, make_plan(model={key: value}))
         assert changed and not any("llm-s42" in j for j in changed), key
     # Freezing ICAE's encoder in fine-tuning: the ICAE fine-tunings (and what reads them),
-    # not the plain LLM's, whose job configs stay valid.
-    frozen_plan = make_plan(finetune={"freeze_encoder": True})
-    frozen = _changed(plan, frozen_plan)
-    assert frozen and all("llm-s42" not in j for j in frozen)
-    assert any(j.startswith("finetune icae") for j in frozen)
-    llm_cfg, _ = frozen_plan.job("finetune", branch="llm-s42", dataset="squad", model_type="llm")
-    assert llm_cfg["finetune"]["freeze_encoder"] is False
+    # not the plain LLM's.
+    # So does keeping autoencoding in the fine-tuning mix.
+    for key, value in (("freeze_encoder", True), ("ae_ratio", 0.25)):
+        icae_plan = make_plan(finetune={key: value})
+        changed = _changed(plan, icae_plan)
+        assert changed and all("llm-s42" not in j for j in changed), key
+        assert any(j.startswith("finetune icae") for j in changed), key
+        llm_cfg, _ = icae_plan.job("finetune", branch="llm-s42", dataset="squad",
+                                   model_type="llm")
+        assert not llm_cfg["finetune"][key], key
     # A speed/memory knob reruns nothing.
     assert _changed(plan, make_plan(pretrain={"loss_chunk_tokens": 8192})) == set()
     base = _changed(plan, make_plan(model={"lora_r": 8}))

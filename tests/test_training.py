@@ -353,3 +353,56 @@ def test_pretrain_with_compiled_layers_evaluates_and_decodes(workdir, tmp_path):
         assert "eval_ae_bleu1" in log_text.splitlines()[0]
     assert metas[1]["global_step"] == metas[0]["global_step"] == 2
     assert metas[1]["train_loss"] == pytest.approx(metas[0]["train_loss"], rel=1e-4)
+
+
+def _squad_records(n_contexts=8, per_context=2):
+    words = TEXT.split()
+    return [{"id": f"c{c}q{q}", "title": "t", "context": " ".join(words[c:c + 12 + c]),
+             "question": f"Question {q}?", "answers": [words[c + q]]}
+            for c in range(n_contexts) for q in range(per_context)]
+
+
+def test_finetune_ae_ratio_adds_autoencoding_of_drawn_contexts(workdir, tmp_path):
+    from icae.models.objectives import Objective
+    from icae.training.examples import LazyExamples, encode_records
+
+    records = _squad_records()
+    cfg0 = cfg_for(workdir, tmp_path)
+    model = build_model(cfg0.model)
+    plain, _ = encode_records(model, cfg0, "squad", records, 512)
+    assert len(plain) == len(records) and all(e.task == Objective.FT for e in plain)
+
+    everything, stats = encode_records(model, cfg_for(workdir, tmp_path, "finetune.ae_ratio=1"),
+                                       "squad", records, 512)
+    assert stats.autoencoding == len(records) == len(everything) - len(plain)
+    for qa, ae in zip(plain, everything[1::2]):
+        context = qa.contexts[0][0]
+        assert ae.task == Objective.AE and ae.contexts[0][0] == context
+        # the target is the context itself (then EOS), after the [AE] marker
+        assert [t for t in ae.labels if t != -100][:len(context)] == list(context)
+
+    half = cfg_for(workdir, tmp_path, "finetune.ae_ratio=0.5")
+    some, stats = encode_records(model, half, "squad", records, 512)
+    drawn = [e.contexts[0][0] for e in some if e.task == Objective.AE]
+    assert 0 < stats.autoencoding < len(records)
+    # a context two records share is drawn for both or for neither
+    assert all(drawn.count(c) == 2 for c in drawn)
+    # the lazy set (what training reads) gives the same examples, in the same order
+    lazy = LazyExamples(model, half, "squad", records, 512)
+    assert len(lazy) == len(some) and lazy.stats.autoencoding == stats.autoencoding
+    assert all(lazy[k] == some[k] for k in range(len(some)))
+    # another seed draws other contexts
+    other, _ = encode_records(model, cfg_for(workdir, tmp_path, "finetune.ae_ratio=0.5",
+                                             "seed=7"), "squad", records, 512)
+    assert [e.task for e in other] != [e.task for e in some]
+
+    # the plain LLM has no memory: nothing is added
+    llm_cfg = cfg_for(workdir, tmp_path, "model.model_type=llm", "finetune.ae_ratio=1")
+    llm_examples, stats = encode_records(build_model(llm_cfg.model), llm_cfg, "squad",
+                                         records, 512)
+    assert len(llm_examples) == len(records) and stats.autoencoding == 0
+
+
+def test_ae_ratio_is_for_fine_tuning(workdir, tmp_path):
+    with pytest.raises(ValueError, match="pretrain.ae_ratio"):
+        cfg_for(workdir, tmp_path, "pretrain.ae_ratio=0.5")

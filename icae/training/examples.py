@@ -7,6 +7,7 @@ reads as text.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -48,6 +49,8 @@ class BuildStats:
     truncated: int = 0
     skipped: int = 0
     reasons: dict = field(default_factory=dict)
+    # of ``examples``: autoencoding examples added to a fine-tuning set (finetune.ae_ratio)
+    autoencoding: int = 0
 
     def skip(self, why: str) -> None:
         self.skipped += 1
@@ -88,16 +91,45 @@ def keep_example(enc: EncodedPrompt, max_length: int, stats: BuildStats, model
     return [fitted]
 
 
+def _draw(seed: int, context: Sequence[int]) -> float:
+    """A uniform number in [0, 1) fixed by the seed and the context's tokens: a context
+    that several records share (SQuAD's questions on one paragraph) is drawn the same way
+    for each, and every rebuild of a set draws the same."""
+    digest = hashlib.blake2b(np.asarray(context, dtype=np.int64).tobytes(),
+                             key=seed.to_bytes(8, "little", signed=True), digest_size=8)
+    return int.from_bytes(digest.digest(), "little") / 2.0 ** 64
+
+
+def record_examples(task, model, cfg: ExperimentConfig, record: dict, max_length: int,
+                    stats: BuildStats) -> list[EncodedPrompt]:
+    """A fine-tuning record's examples: its task's (:meth:`icae.tasks.base.Task.
+    training_examples`) and, with ``finetune.ae_ratio`` for ICAE, for that fraction of the
+    contexts (drawn by :func:`_draw`) one more example that reconstructs the first
+    context of the record's first example from its memory, as pre-training does."""
+    examples = task.training_examples(model, cfg, record, max_length, stats)
+    ratio = cfg.finetune.ae_ratio
+    if not (ratio and examples and task.dataset != "pretrain"
+            and getattr(model, "compresses_contexts", False) and examples[0].contexts):
+        return examples
+    context = examples[0].contexts[0][0]
+    if _draw(cfg.seed, context) >= ratio:
+        return examples
+    extra = keep_example(model.encode(model.prompts.autoencoding(context), task=Objective.AE),
+                         max_length, stats, model)
+    stats.autoencoding += len(extra)
+    return examples + extra
+
+
 def encode_records(model, cfg: ExperimentConfig, dataset: str, records: Sequence[dict],
                    max_length: int) -> tuple[list[EncodedPrompt], BuildStats]:
     """Encode every record of ``dataset`` with its task's training prompt
-    (:meth:`icae.tasks.base.Task.training_examples`), all at once (small sets and tests;
-    training uses :class:`LazyExamples`, which gives the same examples)."""
+    (:func:`record_examples`), all at once (small sets and tests; training uses
+    :class:`LazyExamples`, which gives the same examples)."""
     task = tasks.by_dataset(dataset)
     stats = BuildStats()
     out: list[EncodedPrompt] = []
     for rec in records:
-        out += task.training_examples(model, cfg, rec, max_length, stats)
+        out += record_examples(task, model, cfg, rec, max_length, stats)
     return out, stats
 
 
@@ -125,7 +157,7 @@ class LazyExamples(Dataset):
         counts = np.zeros(len(records), dtype=np.int64)
         markers: set[str] = set()
         for r, rec in enumerate(records):
-            examples = self.task.training_examples(model, cfg, rec, max_length, self.stats)
+            examples = record_examples(self.task, model, cfg, rec, max_length, self.stats)
             counts[r] = len(examples)
             markers.update(markers_in(model, examples))
         self.markers = sorted(markers)
@@ -141,8 +173,8 @@ class LazyExamples(Dataset):
             raise IndexError(f"{self.dataset}: example {k} out of range ({len(self)})")
         r = int(np.searchsorted(self.starts, k, side="right")) - 1
         if self._cached is None or self._cached[0] != r:
-            examples = self.task.training_examples(self.model, self.cfg, self.records[r],
-                                                   self.max_length, BuildStats())
+            examples = record_examples(self.task, self.model, self.cfg, self.records[r],
+                                       self.max_length, BuildStats())
             if len(examples) != self.starts[r + 1] - self.starts[r]:
                 raise RuntimeError(f"{self.dataset}: record {r} gave {len(examples)} "
                                    "examples, not the number counted at start: its task's "

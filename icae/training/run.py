@@ -42,8 +42,10 @@ def _examples(cfg: ExperimentConfig, dataset: str, split: str, t: TrainingConfig
 def _build(cfg: ExperimentConfig, dataset: str, t: TrainingConfig, model):
     train_set = _examples(cfg, dataset, "train", t, model)
     stats = train_set.stats
-    log.info("%s train: %d examples (%d truncated, %d skipped %s)", dataset, stats.examples,
-             stats.truncated, stats.skipped, stats.reasons or "")
+    log.info("%s train: %d examples (%d truncated, %d skipped %s)%s", dataset, stats.examples,
+             stats.truncated, stats.skipped, stats.reasons or "",
+             f"; {stats.autoencoding} of them autoencoding (finetune.ae_ratio)"
+             if stats.autoencoding else "")
     if not len(train_set):
         raise ValueError(f"no usable {dataset} training examples (skipped: {stats.reasons})")
     eval_set = _examples(cfg, dataset, "eval", t, model) if t.eval_steps else []

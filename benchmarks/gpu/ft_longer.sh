@@ -14,18 +14,8 @@
 # Dev F1 of every model on the first SQUAD_N dev questions; train-set F1 (first TRAIN_N
 # questions of the training subset) of the 4-epoch ICAE and of LLM-FT, to tell fitting
 # from generalising. Usage: ft_longer.sh STORE [overrides shared by every command...]
-set -uo pipefail
-STORE=$1; shift
-COMMON="$*"
-CFG=configs/smollm2-icae.yaml
-SQUAD_N=${SQUAD_N:-2000}
-TRAIN_N=${TRAIN_N:-1000}
-FT_SECONDS=${FT_SECONDS:-1200}
-SHIPPED=checkpoints/smollm2-135m-icae
-source benchmarks/gpu/runs.sh
-S128="$(profile s128) data.prepared_dir=$STORE/prepared-s128"
-LLM="model.model_type=llm model.train_decoder=false"
-mkdir -p results/eval results/ft results/compile-check
+source benchmarks/gpu/sweep_common.sh "$@"
+mkdir -p results/compile-check
 prepare_squadtrain
 
 (ft_eval icae-lr1e-3-e4 finetune.init_checkpoint=$SHIPPED $(lr 1e-3) finetune.num_train_epochs=4 \

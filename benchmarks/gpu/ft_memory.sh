@@ -14,18 +14,8 @@
 #   icae-frozen-lr3e-3      2 epochs at 3x the rate (fewer trained parameters)
 #   icae-ae50-lr1e-3        not frozen, ae_ratio 0.5, 2 epochs
 # Usage: ft_memory.sh STORE [overrides shared by every command...]
-set -uo pipefail
-STORE=$1; shift
-COMMON="$*"
-CFG=configs/smollm2-icae.yaml
-SQUAD_N=${SQUAD_N:-2000}
-TRAIN_N=${TRAIN_N:-1000}
-FT_SECONDS=${FT_SECONDS:-1200}
-SHIPPED=checkpoints/smollm2-135m-icae
-source benchmarks/gpu/runs.sh
-S128="$(profile s128) data.prepared_dir=$STORE/prepared-s128"
+source benchmarks/gpu/sweep_common.sh "$@"
 FROZEN="finetune.init_checkpoint=$SHIPPED finetune.freeze_encoder=true"
-mkdir -p results/eval results/ft
 prepare_squadtrain
 for spec in "icae-frozen-lr1e-3|$(lr 1e-3)" "icae-frozen-lr1e-3-e4|$(lr 1e-3) finetune.num_train_epochs=4" \
             "icae-frozen-lr3e-3|$(lr 3e-3)"; do

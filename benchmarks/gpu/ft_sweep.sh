@@ -11,18 +11,11 @@
 # the shipped and the s2x128 checkpoints also on held-out TEST documents cut into 2-segment
 # spans (AE). Results: results/eval/*/summary.json, logs results/*.log, results/ft/*/log.csv.
 # Usage: ft_sweep.sh STORE [overrides shared by every command...]
-set -uo pipefail
-STORE=$1; shift
-COMMON="$*"
-CFG=configs/smollm2-icae.yaml
-SQUAD_N=${SQUAD_N:-2000}
 FT_SECONDS=${FT_SECONDS:-600}
+source benchmarks/gpu/sweep_common.sh "$@"
 PRE_SECONDS=${PRE_SECONDS:-240}
-SHIPPED=checkpoints/smollm2-135m-icae
-source benchmarks/gpu/runs.sh
-S128="$(profile s128) data.prepared_dir=$STORE/prepared-s128"
 S2="$(profile s2x128) data.prepared_dir=$STORE/prepared-s2x128"
-mkdir -p results/eval results/ft results/s2x128
+mkdir -p results/s2x128
 # Held-out test documents cut into two-segment spans, for the AE evaluations.
 python3 -m icae prepare-data --config $CFG $COMMON $(profile s2x128) \
   data.prepared_dir=$STORE/prepared-test-s2x128 data.build=[pretrain] \

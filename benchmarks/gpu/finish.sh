@@ -6,15 +6,9 @@
 # PRETRAINED (default results/$BEST/pretrain) is the pre-trained ICAE that is fine-tuned,
 # e.g. the shipped checkpoints/smollm2-135m-icae with RUNSET=2026-12-02-squad BEST=shipped.
 # Usage: STORE=... BEST=<run> RUNSET=... finish.sh STORE [overrides...]
-set -uo pipefail
-STORE=$1; shift
-COMMON="$*"
-CFG=configs/smollm2-icae.yaml
-SQUAD_N=${SQUAD_N:-2000}
 FT_SECONDS=${FT_SECONDS:-150}
+source benchmarks/gpu/sweep_common.sh "$@"
 PRETRAINED=${PRETRAINED:-results/$BEST/pretrain}
-source benchmarks/gpu/runs.sh
-mkdir -p results/eval results/ft
 # Held-out test documents (never trained or tuned on), cut at each profile's span length.
 for prof in $(profiles); do
   python3 -m icae prepare-data --config $CFG $COMMON $(profile $prof) \
@@ -33,7 +27,6 @@ for name in $(run_names); do
 done
 # SQuAD fine-tuning, side by side on the GPU.
 B=$(run_args $BEST)
-LLM="model.model_type=llm model.train_decoder=false"
 ft icae-$BEST $B finetune.init_checkpoint=$PRETRAINED &
 ft llm $B $LLM &
 wait

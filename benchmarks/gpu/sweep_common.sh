@@ -1,4 +1,4 @@
-# Sourced by the fine-tuning sweeps (ft_sweep.sh, ft_longer.sh, ft_memory.sh) as
+# Sourced by finish.sh and the fine-tuning sweeps (ft_sweep.sh, ft_longer.sh, ft_memory.sh) as
 # `source benchmarks/gpu/sweep_common.sh "$@"` with their arguments STORE [overrides shared
 # by every command...]: the settings they share and runs.sh's helpers. A sweep may set
 # FT_SECONDS before (its own default); SQUAD_N, TRAIN_N and FT_SECONDS come from the

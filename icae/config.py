@@ -322,8 +322,9 @@ class TrainingConfig:
         0.0, minimum=0, maximum=1,
         help="ICAE fine-tuning: the fraction of the fine-tuning contexts that also get an "
              "autoencoding example (the context reconstructed from its memory after the "
-             "[AE] marker, as in pre-training), beside their task examples: keeps the "
-             "memory holding the text while the task is learned. Contexts are drawn by a "
+             "[AE] marker, as in pre-training), beside their task examples in the training "
+             "set (the evaluation set stays the task's): keeps the memory holding the text "
+             "while the task is learned. Contexts are drawn by a "
              "seeded hash of their tokens, so a context several records share (SQuAD's "
              "questions on one paragraph) gets its example from each of them. Ignored by the "
              "plain LLM.")
@@ -737,8 +738,6 @@ def _validate_training(t: TrainingConfig, section: str) -> None:
              "for pretrain with an init_checkpoint, adopted without training)")
     _require(not t.fsdp_cpu_offload or bool(t.fsdp), f"{section}.fsdp_cpu_offload",
              f"needs {section}.fsdp (full_shard or shard_grad_op)")
-    # Our activation checkpointing restores each pass's adapter state through a
-    # checkpoint context_fn, which torch.compile (2.13) cannot trace.
     _require(not (t.freeze_encoder and section == "pretrain"), "pretrain.freeze_encoder",
              "only applies to fine-tuning (pre-training trains the encoder)")
     _require(not (t.ae_ratio and section == "pretrain"), "pretrain.ae_ratio",
@@ -749,6 +748,8 @@ def _validate_training(t: TrainingConfig, section: str) -> None:
     _require(not (t.freeze_encoder and t.weight_decay), f"{section}.freeze_encoder",
              f"cannot be combined with {section}.weight_decay={t.weight_decay} (it would "
              "shrink the frozen memory-slot embeddings); set weight_decay to 0")
+    # Our activation checkpointing restores each pass's adapter state through a
+    # checkpoint context_fn, which torch.compile (2.13) cannot trace.
     _require(not (t.compile_layers and t.gradient_checkpointing), f"{section}.compile_layers",
              f"cannot be combined with {section}.gradient_checkpointing (torch.compile cannot "
              "trace the checkpoint's adapter-state context); set one of them to false")

@@ -391,6 +391,8 @@ def test_finetune_ae_ratio_adds_autoencoding_of_drawn_contexts(workdir, tmp_path
     lazy = LazyExamples(model, half, "squad", records, 512)
     assert len(lazy) == len(some) and lazy.stats.autoencoding == stats.autoencoding
     assert all(lazy[k] == some[k] for k in range(len(some)))
+    # evaluation sets stay the task's own
+    assert len(LazyExamples(model, half, "squad", records, 512, training=False)) == len(records)
     # another seed draws other contexts
     other, _ = encode_records(model, cfg_for(workdir, tmp_path, "finetune.ae_ratio=0.5",
                                              "seed=7"), "squad", records, 512)

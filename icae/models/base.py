@@ -81,6 +81,9 @@ class LoRAWrappedModel(nn.Module):
     """A base causal LM wrapped by peft with one (or two) LoRA adapters."""
 
     adapter_names: tuple[str, ...] = ()
+    # Set by compile_layers: code that must not compile new graphs (decoding inside
+    # training) runs eagerly then.
+    layers_compiled = False
 
     def __init__(self, base_model, tokenizer, cfg: ModelConfig):
         super().__init__()

@@ -63,9 +63,9 @@ class ICAE(LoRAWrappedModel):
         embeddings (the first ``mem_size`` rows of ``extra_embeddings``, which share their
         tensor with the markers) get no gradient; the decoder adapter and the markers still
         train. Returns how many parameters stopped training."""
-        frozen = 0
+        frozen, encoder = 0, f".{self.adapter_names[0]}."
         for name, p in self.named_parameters():
-            if "lora_" in name and ".encoder." in name and p.requires_grad:
+            if "lora_" in name and encoder in name and p.requires_grad:
                 p.requires_grad_(False)
                 frozen += p.numel()
         self.memory_rows_frozen = True

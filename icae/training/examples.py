@@ -101,18 +101,18 @@ def _draw(seed: int, context: Sequence[int]) -> float:
 
 
 def record_examples(task, model, cfg: ExperimentConfig, record: dict, max_length: int,
-                    stats: BuildStats) -> list[EncodedPrompt]:
+                    stats: BuildStats, ae_ratio: float = 0.0) -> list[EncodedPrompt]:
     """A fine-tuning record's examples: its task's (:meth:`icae.tasks.base.Task.
-    training_examples`) and, with ``finetune.ae_ratio`` for ICAE, for that fraction of the
-    contexts (drawn by :func:`_draw`) one more example that reconstructs the first
-    context of the record's first example from its memory, as pre-training does."""
+    training_examples`) and, with ``ae_ratio`` (``finetune.ae_ratio``) for ICAE, for that
+    fraction of the contexts (drawn by :func:`_draw`) one more example that reconstructs
+    the first context of the record's first example from its memory, as pre-training
+    does."""
     examples = task.training_examples(model, cfg, record, max_length, stats)
-    ratio = cfg.finetune.ae_ratio
-    if not (ratio and examples and task.dataset != "pretrain"
+    if not (ae_ratio and examples and task.dataset != "pretrain"
             and getattr(model, "compresses_contexts", False) and examples[0].contexts):
         return examples
     context = examples[0].contexts[0][0]
-    if _draw(cfg.seed, context) >= ratio:
+    if _draw(cfg.seed, context) >= ae_ratio:
         return examples
     extra = keep_example(model.encode(model.prompts.autoencoding(context), task=Objective.AE),
                          max_length, stats, model)
@@ -121,15 +121,18 @@ def record_examples(task, model, cfg: ExperimentConfig, record: dict, max_length
 
 
 def encode_records(model, cfg: ExperimentConfig, dataset: str, records: Sequence[dict],
-                   max_length: int) -> tuple[list[EncodedPrompt], BuildStats]:
+                   max_length: int, training: bool = True
+                   ) -> tuple[list[EncodedPrompt], BuildStats]:
     """Encode every record of ``dataset`` with its task's training prompt
-    (:func:`record_examples`), all at once (small sets and tests; training uses
+    (:func:`record_examples`; autoencoding examples, ``finetune.ae_ratio``, only in a
+    ``training`` set), all at once (small sets and tests; training uses
     :class:`LazyExamples`, which gives the same examples)."""
     task = tasks.by_dataset(dataset)
     stats = BuildStats()
+    ratio = cfg.finetune.ae_ratio if training else 0.0
     out: list[EncodedPrompt] = []
     for rec in records:
-        out += record_examples(task, model, cfg, rec, max_length, stats)
+        out += record_examples(task, model, cfg, rec, max_length, stats, ratio)
     return out, stats
 
 
@@ -149,15 +152,19 @@ class LazyExamples(Dataset):
     """
 
     def __init__(self, model, cfg: ExperimentConfig, dataset: str, records: Sequence[dict],
-                 max_length: int):
+                 max_length: int, training: bool = True):
         self.model, self.cfg, self.dataset = model, cfg, dataset
         self.records, self.max_length = records, max_length
+        # finetune.ae_ratio's autoencoding examples belong to training sets only: an
+        # evaluation loss stays the task's own.
+        self.ae_ratio = cfg.finetune.ae_ratio if training else 0.0
         self.task = tasks.by_dataset(dataset)
         self.stats = BuildStats()
         counts = np.zeros(len(records), dtype=np.int64)
         markers: set[str] = set()
         for r, rec in enumerate(records):
-            examples = record_examples(self.task, model, cfg, rec, max_length, self.stats)
+            examples = record_examples(self.task, model, cfg, rec, max_length, self.stats,
+                                       self.ae_ratio)
             counts[r] = len(examples)
             markers.update(markers_in(model, examples))
         self.markers = sorted(markers)
@@ -174,7 +181,7 @@ class LazyExamples(Dataset):
         r = int(np.searchsorted(self.starts, k, side="right")) - 1
         if self._cached is None or self._cached[0] != r:
             examples = record_examples(self.task, self.model, self.cfg, self.records[r],
-                                       self.max_length, BuildStats())
+                                       self.max_length, BuildStats(), self.ae_ratio)
             if len(examples) != self.starts[r + 1] - self.starts[r]:
                 raise RuntimeError(f"{self.dataset}: record {r} gave {len(examples)} "
                                    "examples, not the number counted at start: its task's "

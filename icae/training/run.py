@@ -36,7 +36,8 @@ def _policy(cfg: ExperimentConfig, stage: str, model, args) -> ResumePolicy:
 
 def _examples(cfg: ExperimentConfig, dataset: str, split: str, t: TrainingConfig, model
               ) -> LazyExamples:
-    return LazyExamples(model, cfg, dataset, load_records(cfg, dataset, split), t.max_length)
+    return LazyExamples(model, cfg, dataset, load_records(cfg, dataset, split), t.max_length,
+                        training=split == "train")
 
 
 def _build(cfg: ExperimentConfig, dataset: str, t: TrainingConfig, model):

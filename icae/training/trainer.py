@@ -304,7 +304,7 @@ class AEBleuCallback(TrainerCallback):
         # periodic evaluation on an H200, 2026-12-02); a few reconstructions run fine eagerly.
         # (Only then: the stance imports dynamo, seconds per process.)
         eager = (torch.compiler.set_stance("force_eager")
-                 if getattr(model, "layers_compiled", False) else contextlib.nullcontext())
+                 if model.layers_compiled else contextlib.nullcontext())
         with eager:
             outs = model.generate(prompts, max_new_tokens=self.max_new_tokens)
         tok = model.tokenizer

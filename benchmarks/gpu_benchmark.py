@@ -34,6 +34,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--shape", default="qwen3-1.7b", choices=sorted(SHAPES))
     ap.add_argument("--tokenizer", required=True)
+    ap.add_argument("--model-config", default=None, metavar="DIR",
+                    help="the architecture from DIR/config.json (e.g. a prepared model's "
+                         "directory, weights not needed) instead of --shape")
     ap.add_argument("--mem-size", type=int, default=256)
     ap.add_argument("--rate", type=float, default=4.0)
     ap.add_argument("--context", type=int, default=2048)
@@ -44,10 +47,15 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true",
                     help="pretrain.compile_layers for ours (regional torch.compile)")
     ap.add_argument("--modes", default="ours,seed-style")
+    ap.add_argument("--loss-chunk-tokens", type=int, default=None,
+                    help="pretrain.loss_chunk_tokens (LM head + loss per chunk of this many labels)")
+    ap.add_argument("--profile", default=None, metavar="DIR",
+                    help="also profile each mode's timed steps: DIR/profile-<mode>.txt, its "
+                         "operators by device time and the share of the wall clock in kernels")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
 
-    from transformers import AutoModelForCausalLM, Qwen3Config
+    from transformers import AutoConfig, AutoModelForCausalLM, Qwen3Config
 
     import icae.models.loading as loading
     from icae.config import load_config
@@ -55,11 +63,14 @@ def main() -> None:
 
     hidden, layers, heads, kv, inter, head_dim = SHAPES[args.shape]
     tok = loading.load_tokenizer(args.tokenizer)
-    config = Qwen3Config(vocab_size=151936, hidden_size=hidden, num_hidden_layers=layers,
-                         num_attention_heads=heads, num_key_value_heads=kv,
-                         intermediate_size=inter, head_dim=head_dim,
-                         max_position_embeddings=40960, tie_word_embeddings=args.shape in
-                         ("qwen3-0.6b", "qwen3-1.7b", "qwen3-4b"))
+    if args.model_config:
+        config = AutoConfig.from_pretrained(args.model_config)
+    else:
+        config = Qwen3Config(vocab_size=151936, hidden_size=hidden, num_hidden_layers=layers,
+                             num_attention_heads=heads, num_key_value_heads=kv,
+                             intermediate_size=inter, head_dim=head_dim,
+                             max_position_embeddings=40960, tie_word_embeddings=args.shape in
+                             ("qwen3-0.6b", "qwen3-1.7b", "qwen3-4b"))
 
     def random_base(cfg_model):
         torch.manual_seed(0)
@@ -77,16 +88,19 @@ def main() -> None:
         f"pretrain.per_device_train_batch_size={args.batch}",
         f"pretrain.gradient_checkpointing={str(args.gradient_checkpointing).lower()}",
         f"pretrain.compile_layers={str(args.compile).lower()}",
+        *([f"pretrain.loss_chunk_tokens={args.loss_chunk_tokens}"] if args.loss_chunk_tokens else []),
         "model.base_model=random", "model.model_dir=/nonexistent"])
     results = []
     for mode in args.modes.split(","):
         try:
-            results.append(benchmark._time_mode(cfg, mode, args.steps))
+            results.append(benchmark._time_mode(
+                cfg, mode, args.steps,
+                profile_to=f"{args.profile}/profile-{mode}.txt" if args.profile else None))
         except torch.OutOfMemoryError as exc:
             results.append({"mode": mode, "error": f"CUDA out of memory: {str(exc)[:120]}"})
             torch.cuda.empty_cache()
     for r in results:
-        r["shape"] = args.shape
+        r["shape"] = args.model_config or args.shape
         r["gradient_checkpointing"] = args.gradient_checkpointing
     print(json.dumps(results, indent=1))
     ok = [r for r in results if "error" not in r]

@@ -27,3 +27,26 @@ def test_step_flops_counts_encoder_decoder_and_labelled_head(tiny_tok):
     expected = 3 * (pass_flops(enc) + pass_flops(dec) + 2 * head * example.num_target_tokens)
     assert step_flops(model, [example]) == expected
     assert step_flops(model, [example, example]) == 2 * expected
+
+
+def test_gpu_benchmark_profiles_the_timed_steps(tiny_tok, tmp_path):
+    # benchmarks/gpu_benchmark.py --profile: the operator table of the timed steps and the
+    # share of the wall clock spent in them (what tells host-bound from kernel-bound).
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    tiny_tok.save_pretrained(tmp_path / "tok")
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "r.json"
+    subprocess.run([sys.executable, str(root / "benchmarks" / "gpu_benchmark.py"), "--shape", "tiny",
+                    "--tokenizer", str(tmp_path / "tok"), "--mem-size", "4", "--context", "16",
+                    "--batch", "2", "--steps", "2", "--modes", "ours", "--lora-r", "4",
+                    "--profile", str(tmp_path / "prof"), "--out", str(out)],
+                   check=True, cwd=tmp_path, capture_output=True)
+    table = (tmp_path / "prof" / "profile-ours.txt").read_text()
+    first = table.splitlines()[0]
+    assert first.startswith("wall ") and "% of the wall clock" in first
+    assert "aten::mm" in table or "aten::addmm" in table or "aten::linear" in table
+    assert json.loads(out.read_text())[0]["mode"] == "ours"

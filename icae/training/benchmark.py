@@ -24,7 +24,7 @@ from accelerate.utils import send_to_device
 from icae.config import ExperimentConfig
 from icae.models.base import collate
 from icae.models.objectives import Objective
-from icae.utils import atomic_write_json, seed_everything
+from icae.utils import atomic_write_json, atomic_write_text, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,24 @@ class _SeedStyleDecoder(torch.nn.Module):
         return m.loss_from_hidden(hidden, labels, task)
 
 
-def _time_mode(cfg: ExperimentConfig, mode: str, steps: int) -> dict:
+def _profile_table(prof, elapsed: float, device: torch.device) -> str:
+    """The profiled steps' operators by their own device (or CPU) time, with how much of
+    the wall clock the device spent in kernels at all: far below 100% means the steps are
+    bound by the host (launches, Python), not by the kernels."""
+    on_device = device.type == "cuda"
+    key = "self_device_time_total" if on_device else "self_cpu_time_total"
+    averages = prof.key_averages()
+    busy_us = sum(getattr(e, key) for e in averages)
+    head = (f"wall {elapsed:.3f} s; {'device' if on_device else 'CPU'} busy in operators "
+            f"{busy_us / 1e6:.3f} s ({100 * busy_us / 1e6 / max(elapsed, 1e-9):.1f}% of the wall clock)\n")
+    return head + averages.table(sort_by=key, row_limit=40)
+
+
+def _time_mode(cfg: ExperimentConfig, mode: str, steps: int,
+               profile_to: str | None = None) -> dict:
+    """One mode's timed steps; with `profile_to`, those steps also run under
+    torch.profiler and its operator table is written to that file (the timing then
+    includes the profiler's overhead)."""
     from icae.models import build_model
     from icae.models.loading import load_base_model
 
@@ -158,12 +175,21 @@ def _time_mode(cfg: ExperimentConfig, mode: str, steps: int) -> dict:
     first_loss = one_step(examples[:per_step])
     if device.type == "cuda":
         torch.cuda.synchronize()
+    prof = None
+    if profile_to:
+        from torch.profiler import ProfilerActivity, profile
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+        prof = profile(activities=activities)
+        prof.__enter__()
     t0 = time.perf_counter()
     for s in range(steps):
         one_step(examples[(s + 1) * per_step:(s + 2) * per_step])
     if device.type == "cuda":
         torch.cuda.synchronize()
     elapsed = time.perf_counter() - t0
+    if prof is not None:
+        prof.__exit__(None, None, None)
+        atomic_write_text(profile_to, _profile_table(prof, elapsed, device))
     flops = sum(step_flops(model, examples[(s + 1) * per_step:(s + 2) * per_step])
                 for s in range(steps))
     result = {

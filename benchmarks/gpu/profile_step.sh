@@ -3,8 +3,8 @@
 # weights of SmolLM2-135M's shape; no GGUF needed). One call (~2 minutes): where the time
 # of one pre-training step goes in the issue's setting (512-token spans, 128 slots, rate 4,
 # frozen decoder, LoRA r128 on q/v, bf16), micro-batch 64, compiled layers and eager:
-# torch.profiler's operator table by device time and the share of the wall clock the GPU
-# spends in kernels at all (far below 100%: host-bound). The step is `icae benchmark`'s
+# torch.profiler's operator table by device time, headed by the wall clock (its "Self CUDA
+# time total" over the wall: the share of the time the GPU is busy; far below 100%: host-bound). The step is `icae benchmark`'s
 # (the model's forward + backward + AdamW, no Trainer, no data loader): set against the
 # Trainer's steady rate in speed.sh, the difference is what the training loop around the
 # step costs. Everything lands in $OUT.

@@ -102,16 +102,13 @@ class _SeedStyleDecoder(torch.nn.Module):
 
 
 def _profile_table(prof, elapsed: float, device: torch.device) -> str:
-    """The profiled steps' operators by their own device (or CPU) time, with how much of
-    the wall clock the device spent in kernels at all: far below 100% means the steps are
-    bound by the host (launches, Python), not by the kernels."""
-    on_device = device.type == "cuda"
-    key = "self_device_time_total" if on_device else "self_cpu_time_total"
-    averages = prof.key_averages()
-    busy_us = sum(getattr(e, key) for e in averages)
-    head = (f"wall {elapsed:.3f} s; {'device' if on_device else 'CPU'} busy in operators "
-            f"{busy_us / 1e6:.3f} s ({100 * busy_us / 1e6 / max(elapsed, 1e-9):.1f}% of the wall clock)\n")
-    return head + averages.table(sort_by=key, row_limit=40)
+    """The profiled steps' operators by their own device (or CPU) time, headed by the wall
+    clock: the table's footer total ("Self CUDA time total", kernels counted once) set
+    against it is the share of the time the device was busy at all (far below 100%: the
+    steps are bound by the host, not by the kernels)."""
+    key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    return (f"wall {elapsed:.3f} s for the profiled steps\n"
+            + prof.key_averages().table(sort_by=key, row_limit=40))
 
 
 def _time_mode(cfg: ExperimentConfig, mode: str, steps: int,

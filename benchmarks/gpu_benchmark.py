@@ -51,7 +51,7 @@ def main() -> None:
                     help="pretrain.loss_chunk_tokens (LM head + loss per chunk of this many labels)")
     ap.add_argument("--profile", default=None, metavar="DIR",
                     help="also profile each mode's timed steps: DIR/profile-<mode>.txt, its "
-                         "operators by device time and the share of the wall clock in kernels")
+                         "operators by device time, headed by the wall clock")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
 

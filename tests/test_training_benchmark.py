@@ -30,8 +30,8 @@ def test_step_flops_counts_encoder_decoder_and_labelled_head(tiny_tok):
 
 
 def test_gpu_benchmark_profiles_the_timed_steps(tiny_tok, tmp_path):
-    # benchmarks/gpu_benchmark.py --profile: the operator table of the timed steps and the
-    # share of the wall clock spent in them (what tells host-bound from kernel-bound).
+    # benchmarks/gpu_benchmark.py --profile: the operator table of the timed steps headed by
+    # their wall clock (the two together tell host-bound from kernel-bound).
     import json
     import subprocess
     import sys

@@ -14,6 +14,7 @@ per example, and peak GPU memory (CUDA only; on CPU peak memory is not measured)
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import time
@@ -172,20 +173,16 @@ def _time_mode(cfg: ExperimentConfig, mode: str, steps: int,
     first_loss = one_step(examples[:per_step])
     if device.type == "cuda":
         torch.cuda.synchronize()
-    prof = None
+    from torch.profiler import ProfilerActivity, profile
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) if profile_to else contextlib.nullcontext() as prof:
+        t0 = time.perf_counter()
+        for s in range(steps):
+            one_step(examples[(s + 1) * per_step:(s + 2) * per_step])
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        elapsed = time.perf_counter() - t0
     if profile_to:
-        from torch.profiler import ProfilerActivity, profile
-        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-        prof = profile(activities=activities)
-        prof.__enter__()
-    t0 = time.perf_counter()
-    for s in range(steps):
-        one_step(examples[(s + 1) * per_step:(s + 2) * per_step])
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    elapsed = time.perf_counter() - t0
-    if prof is not None:
-        prof.__exit__(None, None, None)
         atomic_write_text(profile_to, _profile_table(prof, elapsed, device))
     flops = sum(step_flops(model, examples[(s + 1) * per_step:(s + 2) * per_step])
                 for s in range(steps))

@@ -171,6 +171,51 @@ def test_placeholder_count_mismatch_is_an_error(tiny_tok):
         model(**collate([enc], model.pad_id))
 
 
+def test_host_built_batch_gives_the_same_loss_and_gradients_as_the_device_path(tiny_tok):
+    # model.collate hands the encoder its chunks and the decoder its placeholder positions
+    # (index_select / index_copy, no device sync); the plain collate makes the model find
+    # them itself (boolean masks, masked_scatter). Several chunks, lengths and starts.
+    model = make_icae(tiny_tok, mem_size=4, rate=2, seed=7)
+    model.train()
+    model.cfg.max_encoder_tokens = 24
+    g = torch.Generator().manual_seed(1)
+    encoded = []
+    for n in (30, 9, 17, 3):
+        ctx = torch.randint(5, 300, (n,), generator=g).tolist()
+        encoded.append(model.encode(model.prompts.autoencoding(ctx), task=0))
+    results = []
+    for batch in (model.collate(encoded), collate(encoded, model.pad_id)):
+        model.zero_grad()
+        out = model(**batch)
+        out["loss"].backward()
+        results.append((out["loss"].item(), {n: p.grad.clone() for n, p in
+                                             model.named_parameters() if p.grad is not None}))
+    assert "memory_index" in model.collate(encoded)
+    assert results[0][0] == pytest.approx(results[1][0], rel=1e-6)
+    assert results[0][1].keys() == results[1][1].keys()
+    for n in results[0][1]:
+        torch.testing.assert_close(results[0][1][n], results[1][1][n], atol=1e-6, rtol=1e-5)
+
+
+def test_extra_embedding_gradient_sums_over_the_positions_that_use_each_row(tiny_tok):
+    model = make_icae(tiny_tok, mem_size=4, rate=2)
+    V = model.vocab_size
+    ids = torch.tensor([[5, V, V + 1, 7, V], [V + 4, 9, 11, V + 1, V + 2]])
+    upstream = torch.randn(*ids.shape, model.extra_embeddings.shape[1])
+    embeds = model._embed_with_extra(ids)
+    (embeds * upstream).sum().backward()
+    expected = torch.zeros_like(model.extra_embeddings)
+    for (r, c), i in zip(torch.cartesian_prod(torch.arange(2), torch.arange(5)).tolist(),
+                         ids.reshape(-1).tolist()):
+        if i >= V:
+            expected[i - V] += upstream[r, c]
+            torch.testing.assert_close(embeds[r, c], model.extra_embeddings[i - V])
+        else:
+            torch.testing.assert_close(embeds[r, c],
+                                       model.base.get_input_embeddings().weight[i])
+    torch.testing.assert_close(model.extra_embeddings.grad, expected)
+
+
 @pytest.mark.parametrize("train_decoder", [False, True])
 def test_gradient_checkpointing_gives_the_same_gradients(tiny_tok, train_decoder):
     # Recomputation must see each pass's adapter state (encoder: LoRA on; decoder: off or

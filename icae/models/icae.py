@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from icae.config import ModelConfig
@@ -136,7 +137,13 @@ class ICAE(LoRAWrappedModel):
         table = self.extra_embeddings
         if self.memory_rows_frozen:
             table = torch.cat([table[:self.mem_size].detach(), table[self.mem_size:]])
-        extra = table.to(emb.dtype)[(ids - V).clamp(0, len(table) - 1)]
+        # Base-vocabulary positions look up an all-zero padding row. Clamping them onto row 0
+        # instead made the backward of the lookup accumulate tens of thousands of duplicate
+        # indices serially: a quarter of the GPU time of a SmolLM2 training step (profile of
+        # 2026-12-02); F.embedding skips the padding row's gradient.
+        pad_row = len(table)
+        padded = torch.cat([table, table.new_zeros((1, table.shape[1]))]).to(emb.dtype)
+        extra = F.embedding(torch.where(is_extra, ids - V, pad_row), padded, padding_idx=pad_row)
         return torch.where(is_extra[..., None], extra, emb)
 
     def encoder_inputs(self, contexts: list[list[int]], starts: list[int] | None = None
@@ -145,8 +152,9 @@ class ICAE(LoRAWrappedModel):
 
         Pure host work (the training collator runs it in the data loader, off the GPU's
         critical path). Segments are sorted by length and packed into chunks of at most
-        ``model.max_encoder_tokens`` padded tokens; ``gather`` puts the chunks' memory
-        vectors back in context order.
+        ``model.max_encoder_tokens`` padded tokens; ``gather`` indexes the chunks' slot
+        columns (each chunk's last ``slots`` columns, flattened row-major and concatenated)
+        in context order, so the device never has to count a boolean mask.
         """
         starts = starts if starts is not None else [1] * len(contexts)
         segs: list[tuple[list[int], int, int, int]] = []  # (tokens, start a, slots k, ctx c)
@@ -154,29 +162,31 @@ class ICAE(LoRAWrappedModel):
             for a, n, k in self.segments(len(ids)):
                 segs.append((ids[a:a + n], a, k, c))
         if not segs:
-            return {"chunks": [], "gather": torch.zeros(0, dtype=torch.long)}
+            return {"chunks": [], "slots": [], "gather": torch.zeros(0, dtype=torch.long)}
         bos = self.encoder_bos
         b = int(bos is not None)
         head = [bos] if b else []
         order = sorted(range(len(segs)), key=lambda i: -(len(segs[i][0]) + segs[i][2]))
         budget = self.cfg.max_encoder_tokens
         V = self.vocab_size
-        chunks, sorted_offset = [], {}
-        out_pos, i = 0, 0
+        chunks, slot_columns, slot_row = [], [], {}
+        flat_offset, i = 0, 0
         while i < len(order):
             width = b + len(segs[order[i]][0]) + segs[order[i]][2]
             chunk = order[i:i + max(1, budget // width)]
             i += len(chunk)
             kmax = max(segs[j][2] for j in chunk)
             rows, n, a, k, c = [], [], [], [], []
-            for j in chunk:
+            for r, j in enumerate(chunk):
                 toks, a_j, k_j, c_j = segs[j]
                 rows.append([self.pad_id] * (width - b - len(toks) - k_j) + head + toks
                             + list(range(V, V + k_j)))
                 n.append(len(toks)); a.append(a_j); k.append(k_j); c.append(c_j)
-                # Row-major order of the kept slots of this chunk (last k_j of kmax columns).
-                sorted_offset[j] = out_pos
-                out_pos += k_j
+                # Segment j's slots are the last k_j of row r's kmax slot columns.
+                first = flat_offset + r * kmax + kmax - k_j
+                slot_row[j] = torch.arange(first, first + k_j)
+            flat_offset += len(chunk) * kmax
+            slot_columns.append(kmax)
             n_t, k_t = torch.tensor(n), torch.tensor(k)
             col = torch.arange(width)[None, :]
             chunks.append({
@@ -184,11 +194,9 @@ class ICAE(LoRAWrappedModel):
                 "attention_mask": (col >= (width - b - n_t - k_t)[:, None]).long(),
                 "position_ids": P.encoder_positions(self.layout, n_t, k_t, torch.tensor(a),
                                                     torch.tensor(c), width, b == 1),
-                "slot_mask": torch.arange(kmax)[None, :] >= (kmax - k_t)[:, None],
             })
-        gather = torch.cat([torch.arange(sorted_offset[j], sorted_offset[j] + segs[j][2])
-                            for j in range(len(segs))])
-        return {"chunks": chunks, "gather": gather}
+        gather = torch.cat([slot_row[j] for j in range(len(segs))])
+        return {"chunks": chunks, "slots": slot_columns, "gather": gather}
 
     def run_encoder(self, enc: dict) -> torch.Tensor:
         """Memory vectors (sum of slots, hidden) from :meth:`encoder_inputs` (any device)."""
@@ -197,16 +205,15 @@ class ICAE(LoRAWrappedModel):
             return self.extra_embeddings.new_zeros((0, hidden_size))
         device = self.device
         outputs = []
-        for ch in enc["chunks"]:
+        for ch, kmax in zip(enc["chunks"], enc["slots"]):
             ch = {key: t.to(device, non_blocking=True) for key, t in ch.items()}
             embeds = self._embed_with_extra(ch["input_ids"])
-            kmax = ch["slot_mask"].shape[1]
             with self.adapter("encoder"):
                 hidden = self.inner(inputs_embeds=embeds, attention_mask=ch["attention_mask"],
                                     position_ids=ch["position_ids"],
                                     use_cache=False).last_hidden_state
-            outputs.append(hidden[:, -kmax:][ch["slot_mask"]])
-        memory = torch.cat(outputs, dim=0)[enc["gather"].to(device, non_blocking=True)]
+            outputs.append(hidden[:, -kmax:].reshape(-1, hidden_size))
+        memory = torch.cat(outputs).index_select(0, enc["gather"].to(device, non_blocking=True))
         if self.memory_norm is not None:
             norm = memory.float().norm(dim=-1, keepdim=True).clamp(min=1e-6)
             memory = (memory.float() * (self.memory_norm / norm)).to(memory.dtype)
@@ -244,15 +251,26 @@ class ICAE(LoRAWrappedModel):
 
     # -- decoder -----------------------------------------------------------------------------
     def decoder_embeds(self, input_ids: torch.Tensor, memory: torch.Tensor,
-                       counted: bool = False) -> torch.Tensor:
+                       memory_index: torch.Tensor | None = None) -> torch.Tensor:
+        """Decoder input embeddings with the memory vectors, in order, at the placeholders.
+
+        ``memory_index`` (from :meth:`collate`): the placeholders' flat positions, counted
+        on the host; without it they are counted here, which synchronises with the device
+        (and ``masked_scatter``'s backward synchronises again)."""
         embeds = self._embed_with_extra(input_ids)
+        memory = memory.to(embeds.dtype)
+        if memory_index is not None:
+            if len(memory_index) != memory.shape[0]:
+                raise ValueError(f"prompt has {len(memory_index)} memory placeholders but "
+                                 f"{memory.shape[0]} memory vectors were computed")
+            flat = embeds.reshape(-1, embeds.shape[-1])
+            return flat.index_copy(0, memory_index.to(flat.device), memory).view_as(embeds)
         is_mem = input_ids == self.placeholder_id
-        # Counting synchronises with the device: the training collator counts on the host.
-        n_ph = memory.shape[0] if counted else int(is_mem.sum())
+        n_ph = int(is_mem.sum())
         if n_ph != memory.shape[0]:
             raise ValueError(f"prompt has {n_ph} memory placeholders but {memory.shape[0]} "
                              "memory vectors were computed")
-        return embeds.masked_scatter(is_mem[..., None], memory.to(embeds.dtype))
+        return embeds.masked_scatter(is_mem[..., None], memory)
 
     def _batch_memory(self, context_ids, context_lengths, context_starts) -> torch.Tensor:
         lengths = context_lengths.tolist()
@@ -261,9 +279,10 @@ class ICAE(LoRAWrappedModel):
         return self.compress_once(contexts, context_starts.tolist())
 
     def prompt_embeds(self, input_ids, context_ids=None, context_lengths=None,
-                      context_starts=None, encoder=None, **_unused) -> torch.Tensor:
-        if encoder is not None:  # built (and its placeholders counted) by :meth:`collate`
-            return self.decoder_embeds(input_ids, self.run_encoder(encoder), counted=True)
+                      context_starts=None, encoder=None, memory_index=None,
+                      **_unused) -> torch.Tensor:
+        if encoder is not None:  # built by :meth:`collate`, with memory_index
+            return self.decoder_embeds(input_ids, self.run_encoder(encoder), memory_index)
         memory = self._batch_memory(context_ids, context_lengths, context_starts)
         return self.decoder_embeds(input_ids, memory)
 
@@ -271,9 +290,11 @@ class ICAE(LoRAWrappedModel):
         batch = super().collate(examples)
         for key in ("context_ids", "context_lengths", "context_starts"):
             batch.pop(key)
-        n_ph = int((batch["input_ids"] == self.placeholder_id).sum())
+        memory_index = (batch["input_ids"] == self.placeholder_id).reshape(-1).nonzero()
+        batch["memory_index"] = memory_index.squeeze(1)
         batch["encoder"] = self.encoder_inputs([list(c) for e in examples for c, _ in e.contexts],
                                                [s for e in examples for _, s in e.contexts])
+        n_ph = len(batch["memory_index"])
         if n_ph != len(batch["encoder"]["gather"]):
             raise ValueError(f"batch has {n_ph} memory placeholders but its contexts have "
                              f"{len(batch['encoder']['gather'])} memory slots")

@@ -15,6 +15,7 @@
 #   resume    (a fresh machine) unpack resume state brought back earlier (carry .gpu/resume)
 #             and restart the runs where they stopped
 #   speed     time the training steps (as SPEED=1 setup does) on a machine set up earlier
+#   profile   profile_step.sh on a machine set up earlier (its prepared model's shape)
 #   sweep     after `START=0 EXTRA_PROFILES=s2x128 setup`: start ft_sweep.sh (SQuAD
 #             fine-tuning to the end of its schedule, learning rates, two-segment
 #             pre-training; SWEEP_SCRIPT=ft_longer.sh: longer schedules, seeds, LLM-FT at the
@@ -139,6 +140,9 @@ speed)  # on a machine set up earlier (with EXTRA_PROFILES=s448), once nothing e
   export DEADLINE=$(( $(date +%s) + ${CALL_SECONDS:-570} ))
   speed
   bring_logs
+  ;;
+profile)  # on a machine set up earlier, once nothing else runs
+  MODEL_DIR=$STORE/model OUT=$OUT/profile bash benchmarks/gpu/profile_step.sh
   ;;
 sweep)
   link_shared

@@ -197,6 +197,51 @@ def test_host_built_batch_gives_the_same_loss_and_gradients_as_the_device_path(t
         torch.testing.assert_close(results[0][1][n], results[1][1][n], atol=1e-6, rtol=1e-5)
 
 
+@pytest.mark.parametrize("layout", ["epl", "linspace"])
+def test_right_padded_training_batches_run_causal_attention_without_a_mask(tiny_tok, layout,
+                                                                          monkeypatch):
+    """Training batches and encoder chunks are right-padded and run SDPA with its causal
+    flag and no mask (flash kernels, no device read); loss and gradients equal those of
+    the left-padded batch through transformers' own padding mask, for EPL's position ids,
+    which jump back (an absent mask must not turn them into "packed sequences")."""
+    import transformers.integrations.sdpa_attention as sdpa
+
+    model = make_icae(tiny_tok, layout=layout, mem_size=4, rate=2)
+    g = torch.Generator().manual_seed(3)
+    encoded = [model.encode(model.prompts.autoencoding(
+        torch.randint(5, 300, (n,), generator=g).tolist()), task=0) for n in (30, 9, 17)]
+    batch = model.collate(encoded)
+    assert batch["right_padded"] is True
+    assert (batch["attention_mask"][:, 0] == 1).all() and (batch["attention_mask"] == 0).any()
+    seen = []
+    real = sdpa.sdpa_attention_forward
+
+    def spy(module, q, k, v, attention_mask, **kw):
+        seen.append((attention_mask is None, kw.get("is_causal")))
+        return real(module, q, k, v, attention_mask, **kw)
+
+    monkeypatch.setattr(sdpa, "sdpa_attention_forward", spy)
+    results = []
+    for b in (batch, collate(encoded, model.pad_id)):
+        seen.clear()
+        model.zero_grad()
+        out = model(**b)
+        out["loss"].backward()
+        results.append((out["loss"].item(), {n: p.grad.clone() for n, p in
+                                             model.named_parameters() if p.grad is not None},
+                        list(seen)))
+    layers = model.base.config.num_hidden_layers
+    # right-padded: every encoder and decoder layer without a mask, causal
+    assert results[0][2] == [(True, True)] * (2 * layers)
+    # left-padded (generation's layout): only the encoder; the decoder went through
+    # transformers' registered SDPA with its padding mask
+    assert results[1][2] == [(True, True)] * layers
+    assert model.base.config._attn_implementation == "sdpa"  # switched back
+    assert results[0][0] == pytest.approx(results[1][0], rel=1e-6)
+    for n in results[0][1]:
+        torch.testing.assert_close(results[0][1][n], results[1][1][n], atol=1e-6, rtol=1e-5)
+
+
 def test_extra_embedding_gradient_sums_over_the_positions_that_use_each_row(tiny_tok):
     model = make_icae(tiny_tok, mem_size=4, rate=2)
     V = model.vocab_size
@@ -251,19 +296,24 @@ def test_chunked_loss_equals_the_plain_loss(tiny_tok):
 
 
 @pytest.mark.slow
-def test_compiled_layers_give_the_same_loss_and_gradients(tiny_tok):
+@pytest.mark.parametrize("training_batch", [False, True])
+def test_compiled_layers_give_the_same_loss_and_gradients(tiny_tok, training_batch):
     # pretrain.compile_layers: every decoder block compiled in place, one graph shared by the
-    # blocks and by the encoder (adapter on) and decoder (its own adapter) passes; the
-    # adapter switch must reach the compiled code (a stale guard would silently run the
-    # encoder's adapter in the decoder pass and change the loss).
+    # blocks and by the encoder (adapter on) and decoder (its own adapter) passes, and the
+    # LM head + loss chunks; the adapter switch and the attention switch (the training
+    # batch's causal attention, the padding mask of generation's layout) must reach the
+    # compiled code (a stale guard would silently run the wrong one and change the loss).
     ctx = _text_ids(tiny_tok, "The quick brown fox jumps over the lazy dog. Alice was")
     results = []
     for compiled in (False, True):
         model = make_icae(tiny_tok, train_decoder=True, seed=3)
         model.train()
+        model.loss_chunk_tokens = 5  # several chunks, the last one shorter
         if compiled:
             assert model.compile_layers() == 2
-        batch = collate([model.encode(model.prompts.autoencoding(ctx), task=0)], model.pad_id)
+        encoded = [model.encode(model.prompts.autoencoding(ctx), task=0),
+                   model.encode(model.prompts.autoencoding(ctx[:7]), task=0)]
+        batch = model.collate(encoded) if training_batch else collate(encoded, model.pad_id)
         out = model(**batch)
         out["loss"].backward()
         results.append((out["loss"].item(), {n: p.grad.clone() for n, p in

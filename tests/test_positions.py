@@ -42,17 +42,17 @@ def test_encoder_positions_by_hand():
     assert _enc("epl", [8]) == [[1, 2, 3, 4, 5, 6, 7, 8, 2, 6]]
     # rows with different slot counts: 6 tokens / 3 slots next to 3 tokens / 1 slot
     assert _enc("epl", [6, 3], seg_start=(0, 0), ctx_start=(1, 1), k=[3, 1]) == [
-        [1, 2, 3, 4, 5, 6, 1, 3, 5], [0, 0, 0, 0, 0, 1, 2, 3, 2]]
+        [1, 2, 3, 4, 5, 6, 1, 3, 5], [1, 2, 3, 2, 0, 0, 0, 0, 0]]
     assert _enc("linspace", [6, 3], seg_start=(0, 0), ctx_start=(1, 1), k=[3, 1]) == [
-        [1, 2, 3, 4, 5, 6, 1, 3, 6], [0, 0, 0, 0, 0, 1, 2, 3, 1]]
+        [1, 2, 3, 4, 5, 6, 1, 3, 6], [1, 2, 3, 1, 0, 0, 0, 0, 0]]
     # a BOS takes position 0 in every layout
     assert _enc("epl", [5], bos=True) == [[0, 1, 2, 3, 4, 5, 2, 4]]
     assert _enc("linspace", [5], bos=True) == [[0, 1, 2, 3, 4, 5, 1, 5]]
-    # left padding: a 3-token segment next to a 5-token one; pads get 0
+    # right padding: a 3-token segment next to a 5-token one; pads (last) get 0
     assert _enc("epl", [5, 3], seg_start=(0, 0), ctx_start=(1, 1)) == [
-        [1, 2, 3, 4, 5, 2, 4], [0, 0, 1, 2, 3, 1, 3]]
+        [1, 2, 3, 4, 5, 2, 4], [1, 2, 3, 1, 3, 0, 0]]
     assert _enc("default", [5, 3], seg_start=(0, 0), ctx_start=(1, 1)) == [
-        [0, 1, 2, 3, 4, 5, 6], [0, 0, 0, 1, 2, 3, 4]]
+        [0, 1, 2, 3, 4, 5, 6], [0, 1, 2, 3, 4, 0, 0]]
 
 
 def _authors_uniform_position_ids(x_1, x_n, ratio):

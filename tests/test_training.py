@@ -265,6 +265,35 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(workdir, tmp_p
     assert not (tmp_path / "out").exists()
 
 
+def test_non_finite_loss_of_an_earlier_micro_batch_stops_before_the_optimizer_step(
+        workdir, tmp_path, monkeypatch):
+    """The losses are read once per optimizer step, with the gradients: a NaN in the first
+    of two accumulated micro-batches still stops the run before that step's update, names
+    the loss (not the gradient it also spoils) and keeps the state before it."""
+    from icae.models.icae import ICAE
+    from icae.training.trainer import NonFiniteGradientError, NonFiniteLossError
+
+    real = ICAE.forward
+    calls = {"n": 0}
+
+    def flaky(self, *a, **k):
+        out = real(self, *a, **k)
+        calls["n"] += 1
+        if calls["n"] == 5:  # step 3, first of its two micro-batches
+            out["loss"] = out["loss"] * float("nan")
+        return out
+
+    monkeypatch.setattr(ICAE, "forward", flaky)
+    with pytest.raises(NonFiniteLossError, match=r"non-finite training loss \(nan\) at step 3"
+                       ) as info:
+        _run(workdir, tmp_path, finetune__max_steps=5, finetune__save_steps=1,
+             finetune__per_device_train_batch_size=1, finetune__gradient_accumulation_steps=2)
+    assert not isinstance(info.value, NonFiniteGradientError)
+    assert calls["n"] == 6  # the step's second micro-batch ran, its update did not
+    assert (tmp_path / "resume" / "checkpoint-2").is_dir()
+    assert not (tmp_path / "resume" / "checkpoint-3").exists()
+
+
 def test_training_log_has_no_deprecation_warnings_with_checkpointing(workdir, tmp_path,
                                                                      capsys):
     """Building the model and training (with activation checkpointing, as the paper
@@ -408,3 +437,52 @@ def test_finetune_ae_ratio_adds_autoencoding_of_drawn_contexts(workdir, tmp_path
 def test_ae_ratio_is_for_fine_tuning(workdir, tmp_path):
     with pytest.raises(ValueError, match="pretrain.ae_ratio"):
         cfg_for(workdir, tmp_path, "pretrain.ae_ratio=0.5")
+
+
+def test_train_diagnostics_profiles_a_window_of_the_real_training_loop(workdir, tmp_path,
+                                                                       monkeypatch):
+    """benchmarks/train_diagnostics.py runs `icae pretrain` with its profiler window on the
+    Trainer's own loop (the sync audit needs CUDA, so on CPU its window stays empty)."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "train_diagnostics.py"
+    spec = importlib.util.spec_from_file_location("train_diagnostics", script)
+    diag = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(diag)
+    overrides = [a for a in (
+        f"model.model_dir={workdir / 'model'}", f"model.base_model={workdir / 'model'}",
+        "model.mem_size=4", "model.mean_compression_rate=2", "model.lora_r=4",
+        "model.lora_alpha=8", f"data.prepared_dir={workdir / 'prepared'}",
+        "data.pretrain.min_len=24", f"output_root={tmp_path}", "run_name=t",
+        "pretrain.max_steps=4", "pretrain.progress=false")]
+    out = tmp_path / "diag"
+    monkeypatch.setattr(sys, "argv", ["train_diagnostics.py", "--out", str(out),
+                                      "--sync-steps", "1:2", "--profile-steps", "1:3", "--",
+                                      "pretrain", *overrides])
+    assert diag.main() == 0
+    summary = json.loads((out / "diagnostics.json").read_text())
+    assert summary["profile_steps"] == [1, 3] and summary["profile_wall_s"] > 0
+    table = (out / "profile.txt").read_text()
+    assert table.startswith("steps [1, 3]: wall ") and "Self CPU time total" in table
+    assert "aten::mm" in table or "aten::addmm" in table or "aten::linear" in table
+    assert (tmp_path / "t" / "pretrain" / "checkpoint.json").is_file()  # the run itself ended
+
+
+def test_busy_seconds_counts_overlapping_kernels_once():
+    import importlib.util
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "train_diagnostics.py"
+    spec = importlib.util.spec_from_file_location("train_diagnostics", script)
+    diag = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(diag)
+    cuda, cpu = torch.autograd.DeviceType.CUDA, torch.autograd.DeviceType.CPU
+
+    def ev(a, b, kind=cuda):
+        return SimpleNamespace(device_type=kind, time_range=SimpleNamespace(start=a, end=b))
+
+    events = [ev(0, 10), ev(5, 20), ev(30, 40), ev(0, 1000, cpu), ev(35, 36)]
+    assert diag.busy_seconds(events) == pytest.approx(30e-6)

@@ -15,6 +15,11 @@
 #   resume    (a fresh machine) unpack resume state brought back earlier (carry .gpu/resume)
 #             and restart the runs where they stopped
 #   speed     time the training steps (as SPEED=1 setup does) on a machine set up earlier
+#   speed-random  carry .gpu/s, any machine state, one call: random weights of SmolLM2-135M's
+#             shape (no GGUF), its data prepared there, then speed.sh (with DIAG=1 first the
+#             training loop's synchronisations and GPU idle share); a second call on the
+#             same warm machine skips the preparation (SEED_STEPS=none skips the seed-style
+#             runs)
 #   profile   profile_step.sh on a machine set up earlier (its prepared model's shape)
 #   sweep     after `START=0 EXTRA_PROFILES=s2x128 setup`: start ft_sweep.sh (SQuAD
 #             fine-tuning to the end of its schedule, learning rates, two-segment
@@ -140,6 +145,33 @@ speed)  # on a machine set up earlier (with EXTRA_PROFILES=s448), once nothing e
   export DEADLINE=$(( $(date +%s) + ${CALL_SECONDS:-570} ))
   speed
   bring_logs
+  ;;
+speed-random)
+  export DEADLINE=$(( $(date +%s) + ${CALL_SECONDS:-570} ))
+  if [ ! -f "$STORE/random-ready" ]; then
+    set -e
+    cp -r .gpu/s/. "$STORE/"
+    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+      --target "$STORE/site" "$STORE"/whl/*.whl
+    export PYTHONPATH="$STORE/site"
+    link_shared
+    $PY benchmarks/gpu/random_model.py "$STORE/smollm2" "$STORE/model"
+    for prof in s448 s128; do  # the setting; the recipe's
+      $PY -m icae prepare-data --config $CFG $(common) $(profile $prof) data.build=[pretrain] \
+        data.pretrain.token_num=4000000 data.prepared_dir=$STORE/prepared-$prof \
+        > results/prepare-$prof.log 2>&1 &
+    done
+    wait
+    set +e
+    touch "$STORE/random-ready"
+  fi
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+  OUT= bash benchmarks/gpu/speed.sh "$STORE" $(common) data.prepared_dir=$STORE/prepared-s448 \
+    2>&1 | tee results/bench.log | tail -40
+  tar czf "$OUT/speed.tgz" results/bench.log results/bench/*.json results/bench/*.log \
+    results/diag/*.txt results/diag/*.json results/diag/diag.log 2>/dev/null
+  cp results/diag/syncs.txt results/diag/profile.txt "$OUT/" 2>/dev/null
+  ls -la "$OUT"
   ;;
 profile)  # on a machine set up earlier, once nothing else runs
   MODEL_DIR=$STORE/model OUT=$OUT/profile bash benchmarks/gpu/profile_step.sh

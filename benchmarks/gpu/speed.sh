@@ -19,7 +19,24 @@ SETTING="model.mem_size=128 model.mean_compression_rate=4 model.position_layout=
   pretrain.save_steps=100000 pretrain.logging_steps=5 pretrain.progress=false
   pretrain.max_train_seconds=$SECS"
 
-# 1. seed-style: the old code, its own prepared data (fixed spans), batch 16.
+# 0. With DIAG=1: where the real training loop waits (benchmarks/train_diagnostics.py):
+# the synchronising operations of two optimizer steps by call site and a profile of four,
+# ours compiled at micro-batch 64 x 2, after 8 steps of compilation and warm-up.
+if [ "${DIAG:-0}" = 1 ]; then
+  mkdir -p results/diag
+  timeout 240 python3 benchmarks/train_diagnostics.py --out results/diag --sync-steps 8:10 \
+    --profile-steps 10:14 -- pretrain --config configs/smollm2-icae.yaml $COMMON $SETTING \
+    pretrain.dataloader_num_workers=4 data.pretrain.ae_only_examples=0 \
+    data.pretrain.lm_ratio_ramp_examples=0 pretrain.per_device_train_batch_size=64 \
+    pretrain.compile_layers=true pretrain.max_steps=14 pretrain.output_dir=results/diag/run \
+    pretrain.resume_dir=results/diag/run.resume > results/diag/diag.log 2>&1
+  echo "diag rc $?"; head -30 results/diag/syncs.txt 2>/dev/null | cut -c1-400
+  head -3 results/diag/profile.txt 2>/dev/null
+fi
+
+# 1. seed-style: the old code, its own prepared data (fixed spans), batch 16 (SEED_STEPS=none
+# leaves it out, e.g. in a second call on the same machine).
+if [ "${SEED_STEPS:-120}" != none ]; then
 rm -rf "$STORE/old" && mkdir -p "$STORE/old" && tar xf "$STORE/old.tar" -C "$STORE/old"
 cat > "$STORE/old/bench.yaml" <<YAML
 run_name: bench-old
@@ -50,6 +67,8 @@ for steps in ${SEED_STEPS:-120}; do
   echo "seed-style b16, $steps steps: $(cat results/bench/seed-style-b16-$steps.json)"
   [ -n "${OUT:-}" ] && cp results/bench/seed-style-b16-$steps.json "$STORE/old/bench-$steps.log" "$OUT/" 2>/dev/null
 done
+cp "$STORE"/old/bench-*.log results/bench/ 2>/dev/null
+fi
 
 # 2-6. ours: the same setting at micro-batch 16 and 64, with and without compiled layers,
 # then the recipe of configs/smollm2-icae.yaml (120-token spans) without and with them.

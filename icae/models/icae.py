@@ -152,9 +152,11 @@ class ICAE(LoRAWrappedModel):
 
         Pure host work (the training collator runs it in the data loader, off the GPU's
         critical path). Segments are sorted by length and packed into chunks of at most
-        ``model.max_encoder_tokens`` padded tokens; ``gather`` indexes the chunks' slot
-        columns (each chunk's last ``slots`` columns, flattened row-major and concatenated)
-        in context order, so the device never has to count a boolean mask.
+        ``model.max_encoder_tokens`` padded tokens, each row ``[BOS? tokens slots pad..]``:
+        padding last, so that causal attention alone is exact for every real position (no
+        mask: :meth:`causal_attention`). ``slot_index`` holds each chunk's slot positions
+        (flat row-major); ``gather`` orders the chunks' slots, concatenated, by context, so
+        the device never has to count a boolean mask.
         """
         starts = starts if starts is not None else [1] * len(contexts)
         segs: list[tuple[list[int], int, int, int]] = []  # (tokens, start a, slots k, ctx c)
@@ -162,41 +164,40 @@ class ICAE(LoRAWrappedModel):
             for a, n, k in self.segments(len(ids)):
                 segs.append((ids[a:a + n], a, k, c))
         if not segs:
-            return {"chunks": [], "slots": [], "gather": torch.zeros(0, dtype=torch.long)}
+            return {"chunks": [], "gather": torch.zeros(0, dtype=torch.long)}
         bos = self.encoder_bos
         b = int(bos is not None)
         head = [bos] if b else []
         order = sorted(range(len(segs)), key=lambda i: -(len(segs[i][0]) + segs[i][2]))
         budget = self.cfg.max_encoder_tokens
         V = self.vocab_size
-        chunks, slot_columns, slot_row = [], [], {}
+        chunks, slot_row = [], {}
         flat_offset, i = 0, 0
         while i < len(order):
             width = b + len(segs[order[i]][0]) + segs[order[i]][2]
             chunk = order[i:i + max(1, budget // width)]
             i += len(chunk)
-            kmax = max(segs[j][2] for j in chunk)
-            rows, n, a, k, c = [], [], [], [], []
+            rows, n, a, k, c, slot_index = [], [], [], [], [], []
             for r, j in enumerate(chunk):
                 toks, a_j, k_j, c_j = segs[j]
-                rows.append([self.pad_id] * (width - b - len(toks) - k_j) + head + toks
-                            + list(range(V, V + k_j)))
+                rows.append(head + toks + list(range(V, V + k_j))
+                            + [self.pad_id] * (width - b - len(toks) - k_j))
                 n.append(len(toks)); a.append(a_j); k.append(k_j); c.append(c_j)
-                # Segment j's slots are the last k_j of row r's kmax slot columns.
-                first = flat_offset + r * kmax + kmax - k_j
-                slot_row[j] = torch.arange(first, first + k_j)
-            flat_offset += len(chunk) * kmax
-            slot_columns.append(kmax)
+                first = r * width + b + len(toks)  # segment j's slots: k_j columns from here
+                slot_index.append(torch.arange(first, first + k_j))
+                slot_row[j] = torch.arange(flat_offset, flat_offset + k_j)
+                flat_offset += k_j
             n_t, k_t = torch.tensor(n), torch.tensor(k)
             col = torch.arange(width)[None, :]
             chunks.append({
                 "input_ids": torch.tensor(rows),
-                "attention_mask": (col >= (width - b - n_t - k_t)[:, None]).long(),
+                "attention_mask": (col < (b + n_t + k_t)[:, None]).long(),
                 "position_ids": P.encoder_positions(self.layout, n_t, k_t, torch.tensor(a),
                                                     torch.tensor(c), width, b == 1),
+                "slot_index": torch.cat(slot_index),
             })
         gather = torch.cat([slot_row[j] for j in range(len(segs))])
-        return {"chunks": chunks, "slots": slot_columns, "gather": gather}
+        return {"chunks": chunks, "gather": gather}
 
     def run_encoder(self, enc: dict) -> torch.Tensor:
         """Memory vectors (sum of slots, hidden) from :meth:`encoder_inputs` (any device)."""
@@ -205,14 +206,14 @@ class ICAE(LoRAWrappedModel):
             return self.extra_embeddings.new_zeros((0, hidden_size))
         device = self.device
         outputs = []
-        for ch, kmax in zip(enc["chunks"], enc["slots"]):
+        for ch in enc["chunks"]:
             ch = {key: t.to(device, non_blocking=True) for key, t in ch.items()}
             embeds = self._embed_with_extra(ch["input_ids"])
-            with self.adapter("encoder"):
+            with self.adapter("encoder"), self.causal_attention():
                 hidden = self.inner(inputs_embeds=embeds, attention_mask=ch["attention_mask"],
                                     position_ids=ch["position_ids"],
                                     use_cache=False).last_hidden_state
-            outputs.append(hidden[:, -kmax:].reshape(-1, hidden_size))
+            outputs.append(hidden.reshape(-1, hidden_size).index_select(0, ch["slot_index"]))
         memory = torch.cat(outputs).index_select(0, enc["gather"].to(device, non_blocking=True))
         if self.memory_norm is not None:
             norm = memory.float().norm(dim=-1, keepdim=True).clamp(min=1e-6)

@@ -116,24 +116,24 @@ def linspace_slot_positions(n: torch.Tensor, k: torch.Tensor, width: int) -> tor
 
 def encoder_positions(layout: str, n: torch.Tensor, k: torch.Tensor, seg_start: torch.Tensor,
                       ctx_start: torch.Tensor, width: int, bos: bool) -> torch.Tensor:
-    """Position ids for a left-padded encoder batch of segments.
+    """Position ids for a right-padded encoder batch of segments.
 
-    Row ``r`` holds ``[pad.. BOS? tokens(n_r) slots(k_r)]`` in ``width`` columns.
+    Row ``r`` holds ``[BOS? tokens(n_r) slots(k_r) pad..]`` in ``width`` columns (padding
+    last, so causal attention alone keeps every real token from seeing it).
     ``seg_start`` is ``a_s`` and ``ctx_start`` is ``c`` (EPL only). Padding gets 0.
     """
     b = int(bos)
     S = n.shape[0]
-    col = torch.arange(width, device=n.device)[None, :].expand(S, width)
-    used = b + n + k
-    first = (width - used)[:, None]                        # first non-pad column
-    rel = col - first                                      # 0 at BOS (or first token)
+    # 0 at BOS (or the first token)
+    rel = torch.arange(width, device=n.device)[None, :].expand(S, width)
+    used = (b + n + k)[:, None]
     tok_idx = rel - b                                      # context token index i
     is_tok = (tok_idx >= 0) & (tok_idx < n[:, None])
     slot = tok_idx - n[:, None]                            # memory slot index j
     is_slot = (slot >= 0) & (slot < k[:, None])
     pos = torch.zeros(S, width, dtype=torch.long, device=n.device)
     if layout == "default":
-        return torch.where(rel >= 0, rel, pos)
+        return torch.where(rel < used, rel, pos)
     kmax = max(int(k.max()) if S else 1, 1)
     slot_c = slot.clamp(0, kmax - 1)
     if layout == "linspace":

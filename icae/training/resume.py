@@ -466,13 +466,22 @@ def apply_hyperparameters(trainer, fresh: list[dict]) -> None:
              [g["lr"] for g in opt.param_groups])
 
 
-def nonfinite_gradients(model) -> bool:
+def gradients_finite(model):
+    """A device boolean: every gradient of ``model`` is finite (None without gradients).
+    Not read here, so that the caller decides when to synchronise."""
     import torch
+    from torch.distributed.tensor import DTensor
 
     grads = [p.grad.detach() for p in model.parameters() if p.grad is not None]
     if not grads:
-        return False
-    return not bool(torch.isfinite(torch.stack([g.float().norm() for g in grads])).all())
+        return None
+    if any(isinstance(g, DTensor) for g in grads):  # sharded (fsdp): one norm per tensor
+        flag = torch.isfinite(torch.stack([g.float().norm() for g in grads])).all()
+        # (a collective: every process checks its step)
+        return flag.full_tensor() if isinstance(flag, DTensor) else flag
+    # One fused norm over all gradients: non-finite when any element is (or when the
+    # norm overflows, which gradient clipping could not use either).
+    return torch.isfinite(torch.nn.utils.get_total_norm(grads)).all()
 
 
 def save_before_nonfinite(trainer, what: str) -> str | None:

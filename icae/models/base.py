@@ -80,12 +80,6 @@ def add_label_index(batch: dict) -> dict:
     return batch
 
 
-def _chunk_cross_entropy(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                         y: torch.Tensor) -> torch.Tensor:
-    """Per-token cross-entropy of the LM head's logits (computed in fp32)."""
-    return F.cross_entropy(F.linear(h, weight, bias).float(), y, reduction="none")
-
-
 CAUSAL_SDPA = "icae_causal_sdpa"
 
 
@@ -216,8 +210,6 @@ class LoRAWrappedModel(nn.Module):
         layers = self.transformer_layers()
         for layer in layers:
             layer.compile(**compile_kwargs)
-        # Chunk lengths vary (the last chunk, batches with fewer labels): one dynamic graph.
-        self._compiled_ce = torch.compile(_chunk_cross_entropy, dynamic=True, **compile_kwargs)
         self.layers_compiled = True
         return len(layers)
 
@@ -258,14 +250,8 @@ class LoRAWrappedModel(nn.Module):
     # activation of a long autoencoding target).
     loss_chunk_tokens: int = 2048
 
-    # Set by compile_layers: the LM head + cross-entropy of a chunk, compiled (the fp32 cast
-    # and the softmax fuse into the reduction instead of writing and rereading fp32 logits).
-    _compiled_ce = None
-
     def _ce_chunk(self, h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        head = self.lm_head
-        ce = self._compiled_ce or _chunk_cross_entropy
-        return ce(h, head.weight, head.bias, y)
+        return F.cross_entropy(self.lm_head(h).float(), y, reduction="none")
 
     def _token_losses(self, h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         from torch.utils.checkpoint import checkpoint

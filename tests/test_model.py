@@ -300,9 +300,9 @@ def test_chunked_loss_equals_the_plain_loss(tiny_tok):
 def test_compiled_layers_give_the_same_loss_and_gradients(tiny_tok, training_batch):
     # pretrain.compile_layers: every decoder block compiled in place, one graph shared by the
     # blocks and by the encoder (adapter on) and decoder (its own adapter) passes; the
-    # adapter switch and the attention switch (the training
-    # batch's causal attention, the padding mask of generation's layout) must reach the
-    # compiled code (a stale guard would silently run the wrong one and change the loss).
+    # adapter switch and the attention switch (the training batch's causal attention, the
+    # padding mask of generation's layout) must reach the compiled code (a stale guard would
+    # silently run the wrong one and change the loss).
     ctx = _text_ids(tiny_tok, "The quick brown fox jumps over the lazy dog. Alice was")
     results = []
     for compiled in (False, True):

@@ -142,21 +142,23 @@ class ICAETrainer(Trainer):
         """Before the optimizer step, the step's one host-device synchronisation: a
         non-finite loss of any of its micro-batches, or a non-finite gradient (which would
         make every weight NaN), stops the run with the state before it saved."""
-        losses, self._step_losses = self._step_losses, []
-        flags = [torch.isfinite(torch.stack(losses)).all()] if losses else []
+        losses = torch.stack(self._step_losses) if self._step_losses else None
+        self._step_losses = []
+        flags = [] if losses is None else [torch.isfinite(losses).all()]
         grads_finite = resume_mod.gradients_finite(self.model)
         if grads_finite is not None:
-            flags.append(grads_finite.to(flags[0].device) if flags else grads_finite)
+            flags.append(grads_finite.to(self.args.device))
         if not flags or all(torch.stack(flags).tolist()):
             return
-        bad = next((v for v in torch.stack(losses).tolist() if not math.isfinite(v)), None) \
-            if losses else None
-        what, value, error = (("loss", bad, NonFiniteLossError) if bad is not None
-                              else ("gradient", "inf/nan", NonFiniteGradientError))
-        saved = resume_mod.save_before_nonfinite(self, what)
-        raise error(resume_mod.nonfinite_message(
-            "training loss" if what == "loss" else what, value, self.state.global_step,
-            saved, self._stage))
+        bad_loss = None if losses is None else next(
+            (v for v in losses.tolist() if not math.isfinite(v)), None)
+        if bad_loss is not None:
+            saved = resume_mod.save_before_nonfinite(self, "loss")
+            raise NonFiniteLossError(resume_mod.nonfinite_message(
+                "training loss", bad_loss, self.state.global_step, saved, self._stage))
+        saved = resume_mod.save_before_nonfinite(self, "gradient")
+        raise NonFiniteGradientError(resume_mod.nonfinite_message(
+            "gradient", "inf/nan", self.state.global_step, saved, self._stage))
 
     def _save_checkpoint(self, model, trial) -> None:
         resume_mod.save_complete_checkpoint(self, super()._save_checkpoint, model, trial)

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Pre-training step throughput of SmolLM2-135M ICAE on the GPU machine, seed-style code
 # (the project before the speed work, commit in .gpu/b/old.tar) against ours, in one run.
-# Usage: speed.sh STORE [overrides for our commands...]. Writes results/bench/*.json.
+# Usage: [DIAG=1] [SEED_STEPS="40 120"|none] [SPEED_RUNS="a b"] [BENCH_SECONDS=90] \
+#        speed.sh STORE [overrides for our commands...]. Writes results/bench/*.json (and
+# with DIAG=1 results/diag/: the training loop's synchronisations and profile).
 set -uo pipefail
 STORE=$1; shift
 COMMON="$*"

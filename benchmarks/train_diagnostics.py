@@ -39,10 +39,14 @@ KEEP = ("/icae/", "/transformers/", "/accelerate/", "/peft/", "/torch/nn/", "/to
 
 
 def _window(text: str) -> tuple[int, int]:
-    a, b = text.split(":")
-    if int(b) <= int(a):
-        raise argparse.ArgumentTypeError(f"empty step window {text!r}")
-    return int(a), int(b)
+    try:
+        a, b = (int(x) for x in text.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a step window FIRST:END (e.g. 8:10)") from None
+    if not 0 <= a < b:
+        raise argparse.ArgumentTypeError(f"step window {text!r} is empty or negative")
+    return a, b
 
 
 def _site(stack: list[traceback.FrameSummary], depth: int = 4) -> str:
@@ -136,14 +140,12 @@ class Diagnostics(TrainerCallback):
                 "profile_steps": list(self.profile_steps), "profile_wall_s": wall,
                 "profile_wall_s_per_step": wall / n, "gpu_busy_s": busy,
                 "gpu_busy_share": busy / wall if busy is not None else None})
-            averages = prof.key_averages()
+            from icae.training.benchmark import _profile_table
+
             head = (f"steps {list(self.profile_steps)}: wall {wall:.3f} s"
                     + (f", a kernel running {busy:.3f} s ({busy / wall:.1%})\n" if busy else "\n"))
-            text = head
-            if torch.cuda.is_available():
-                text += averages.table(sort_by="self_device_time_total", row_limit=30) + "\n"
-            text += averages.table(sort_by="self_cpu_time_total", row_limit=30) + "\n"
-            (self.out / "profile.txt").write_text(text)
+            device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+            (self.out / "profile.txt").write_text(head + _profile_table(prof, wall, device))
             self._write()
 
     def _write(self):

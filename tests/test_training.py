@@ -486,3 +486,19 @@ def test_busy_seconds_counts_overlapping_kernels_once():
 
     events = [ev(0, 10), ev(5, 20), ev(30, 40), ev(0, 1000, cpu), ev(35, 36)]
     assert diag.busy_seconds(events) == pytest.approx(30e-6)
+
+
+def test_train_diagnostics_names_a_bad_step_window():
+    import argparse
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "train_diagnostics.py"
+    spec = importlib.util.spec_from_file_location("train_diagnostics", script)
+    diag = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(diag)
+    assert diag._window("8:10") == (8, 10)
+    for bad, words in (("8", "FIRST:END"), ("a:b", "FIRST:END"), ("10:8", "empty"),
+                       ("-1:2", "negative")):
+        with pytest.raises(argparse.ArgumentTypeError, match=words):
+            diag._window(bad)

@@ -53,6 +53,12 @@ link_shared() {  # the config's ../shared paths -> the carried data
   for f in dev-v1.1 train-subset-v1.1; do ln -sf "$STORE/data/$f.json.gz" ../shared/data/squad/; done
 }
 
+install_wheels() {  # what the image lacks, carried as wheels (store-b, .gpu/s)
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target "$STORE/site" "$STORE"/whl/*.whl
+  export PYTHONPATH="$STORE/site"
+}
+
 start_runs() {
   for name in $(run_names); do
     mkdir -p "results/$name"
@@ -103,9 +109,7 @@ setup)
   cp -r .gpu/c/. "$STORE/"
   cat "$STORE"/gguf.part[0-9] > "$STORE/smollm2.gguf"
   echo "$(cat "$STORE/gguf.sha256")  $STORE/smollm2.gguf" | sha256sum -c -
-  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target "$STORE/site" "$STORE"/whl/*.whl
-  export PYTHONPATH="$STORE/site"
+  install_wheels
   link_shared
   $PY -m icae prepare-model --config $CFG $(common) model.base_model="$STORE/smollm2.gguf"
   for prof in $( (profiles; for p in ${EXTRA_PROFILES:-}; do echo $p; done) | sort -u); do
@@ -151,9 +155,7 @@ speed-random)
   if [ ! -f "$STORE/random-ready" ]; then
     set -e
     cp -r .gpu/s/. "$STORE/"
-    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-      --target "$STORE/site" "$STORE"/whl/*.whl
-    export PYTHONPATH="$STORE/site"
+    install_wheels
     link_shared
     $PY benchmarks/gpu/random_model.py "$STORE/smollm2" "$STORE/model"
     for prof in s448 s128; do  # the issue's setting; the recipe's

@@ -21,16 +21,18 @@ SETTING="model.mem_size=128 model.mean_compression_rate=4 model.position_layout=
   pretrain.save_steps=100000 pretrain.logging_steps=5 pretrain.progress=false
   pretrain.max_train_seconds=$SECS"
 
+# (the AE/LM 50/50 mix from the first step, as the seed-style run has it)
+SEED_SETTING="$SETTING pretrain.dataloader_num_workers=4 data.pretrain.ae_only_examples=0
+  data.pretrain.lm_ratio_ramp_examples=0"
+
 # 0. With DIAG=1: where the real training loop waits (benchmarks/train_diagnostics.py):
 # the synchronising operations of two optimizer steps by call site and a profile of four,
 # ours compiled at micro-batch 64 x 2, after 8 steps of compilation and warm-up.
 if [ "${DIAG:-0}" = 1 ]; then
   mkdir -p results/diag
   timeout 240 python3 benchmarks/train_diagnostics.py --out results/diag --sync-steps 8:10 \
-    --profile-steps 10:14 -- pretrain --config configs/smollm2-icae.yaml $COMMON $SETTING \
-    pretrain.dataloader_num_workers=4 data.pretrain.ae_only_examples=0 \
-    data.pretrain.lm_ratio_ramp_examples=0 pretrain.per_device_train_batch_size=64 \
-    pretrain.compile_layers=true pretrain.max_steps=14 pretrain.output_dir=results/diag/run \
+    --profile-steps 10:14 -- pretrain --config configs/smollm2-icae.yaml $COMMON $SEED_SETTING \
+    pretrain.per_device_train_batch_size=64 pretrain.compile_layers=true pretrain.max_steps=14 pretrain.output_dir=results/diag/run \
     pretrain.resume_dir=results/diag/run.resume > results/diag/diag.log 2>&1
   echo "diag rc $?"; head -30 results/diag/syncs.txt 2>/dev/null | cut -c1-400
   head -3 results/diag/profile.txt 2>/dev/null
@@ -106,9 +108,6 @@ print(name, keep)
 PY
   [ -n "${OUT:-}" ] && cp results/bench/$name.json results/bench/$name.log "$OUT/" 2>/dev/null
 }
-# (the AE/LM 50/50 mix from the first step, as the seed-style run has it)
-SEED_SETTING="$SETTING pretrain.dataloader_num_workers=4 data.pretrain.ae_only_examples=0
-  data.pretrain.lm_ratio_ramp_examples=0"
 RECIPE="pretrain.max_steps=100000 pretrain.eval_steps=null pretrain.save_steps=100000
   pretrain.logging_steps=5 pretrain.max_train_seconds=$SECS data.prepared_dir=$STORE/prepared-s128"
 # Most telling first (the deadline may cut the list).

@@ -441,10 +441,12 @@ def avoid_cudnn_attention_backward() -> bool:
     Since torch 2.11 cuDNN is SDPA's default backend on Hopper, and its backward returns
     NaN query gradients when an attention mask is passed and the sequence length is 64
     modulo 128 with a query row whose logsumexp is very negative, as a fully masked
-    padding row is (pytorch/pytorch#196678, huggingface/trl#7181). Our padded batches have
-    such rows: on an H200 (torch 2.11, 2026-12-01) SmolLM2 fine-tuning and pre-training
-    runs stopped on a NaN loss after 7 to 145 steps. Flash / memory-efficient attention
-    take over at about the same speed. Returns whether anything was changed."""
+    padding row is (pytorch/pytorch#196678, huggingface/trl#7181). Our left-padded batches
+    had such rows: on an H200 (torch 2.11, 2026-12-01) SmolLM2 fine-tuning and pre-training
+    runs stopped on a NaN loss after 7 to 145 steps. Training batches are now right-padded
+    and pass no mask (flash attention: LoRAWrappedModel.causal_attention); left-padded
+    passes (evaluation, generation) still carry masks. Returns whether anything was
+    changed."""
     if not torch.cuda.is_available():
         return False
     torch.backends.cuda.enable_cudnn_sdp(False)

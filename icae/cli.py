@@ -106,13 +106,24 @@ def build_parser() -> argparse.ArgumentParser:
                            help="also write the counts and timings as JSON")
         if name == "benchmark":
             p.add_argument("--mode", choices=["ours", "seed-style", "both"], default="both")
-            p.add_argument("--steps", type=int, default=5)
+            p.add_argument("--steps", type=_positive_int, default=5,
+                           help="timed steps (at least 1)")
             p.add_argument("--out", default=None, help="JSON file for the results")
         if name == "benchmark-inference":
             from icae.evaluation.inference_options import add_arguments
 
             add_arguments(p)
     return parser
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not at least 1")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -82,3 +82,13 @@ def test_os_errors_name_their_type_and_file(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(pm, "run", denied)
     line = _fails(capsys, ["prepare-model"])
     assert "PermissionError" in line and str(tmp_path / "models") in line
+
+
+@pytest.mark.parametrize("steps, words", [("0", "0 is not at least 1"),
+                                          ("five", "'five' is not a whole number")])
+def test_benchmark_steps_must_be_a_positive_count(capsys, steps, words):
+    # --steps 0 divided by zero deep in the timing; now argparse names the option.
+    with pytest.raises(SystemExit) as exc:
+        main(["benchmark", "--steps", steps])
+    assert exc.value.code == 2
+    assert f"argument --steps: {words}" in capsys.readouterr().err

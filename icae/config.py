@@ -330,11 +330,12 @@ class TrainingConfig:
              "plain LLM.")
     loss_chunk_tokens: int | None = _f(
         None, minimum=1,
-        help="Labelled tokens per chunk of the LM head + cross-entropy. With gradients each "
-             "chunk's logits are recomputed in the backward pass, so fp32 logits over the "
-             "vocabulary exist for at most this many tokens at once; larger chunks recompute "
-             "less (one LM-head forward per labelled token) and hold more memory. None keeps "
-             "the model's own chunk size. Speed and memory only.")
+        help="Labelled tokens per chunk of the LM head + cross-entropy: logits over the "
+             "vocabulary exist for at most this many tokens at once. With a frozen plain LM "
+             "head (the usual case) each chunk's gradient is made in the forward pass "
+             "(icae.models.linear_ce); otherwise each chunk is recomputed in the backward "
+             "pass, so larger chunks recompute less. Larger chunks hold more memory. None "
+             "keeps the model's own chunk size. Speed and memory only.")
     compile_layers: bool = _f(
         False, help="torch.compile each transformer block in place (regional compilation: "
                     "one compiled graph shared by every layer and reused by the encoder and "
@@ -343,6 +344,19 @@ class TrainingConfig:
                     "the compilation (tens of seconds on a GPU). Speed only: losses agree "
                     "with eager to rounding (see workflow.untracked_keys). Not together "
                     "with gradient_checkpointing.")
+    cudnn_attention: bool = _f(
+        False, help="Let SDPA take cuDNN's attention kernels in training (torch 2.11's "
+                    "default on Hopper) instead of flash. Training passes are right-padded "
+                    "and run causal without a mask, where cuDNN's backward is correct; with a "
+                    "mask it returns NaN (pytorch/pytorch#196678), which is why training "
+                    "turned it off. Speed only (see workflow.untracked_keys).")
+    length_grouping_steps: int = _f(
+        0, minimum=0,
+        help="Pre-training: sort the examples of this many optimizer steps by length before "
+             "cutting them into micro-batches (seeded order of the micro-batches), so that "
+             "a micro-batch pads less; 0 keeps the order. The same examples are trained on; "
+             "which of them share a step changes. Needs a dataset that knows its examples' "
+             "lengths (the pre-training spans).")
     fsdp: str = _f(
         "", choices=FSDP_MODES,
         help='Shard the model over the processes of a multi-GPU job (FSDP2 through '

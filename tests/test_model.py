@@ -349,3 +349,33 @@ def test_periodic_ae_decoding_bypasses_compiled_layers(tiny_tok):
     compiled_tokens = model.generate([model.prompts.autoencoding_prompt(ctx)], max_new_tokens=4)
     assert graphs, "generate outside the callback does reach the compiled blocks"
     assert compiled_tokens == eager_tokens
+
+
+def test_the_fused_loss_equals_the_recomputed_chunks(tiny_tok, monkeypatch):
+    # A frozen plain LM head takes icae.models.linear_ce; a LoRA-wrapped or trainable one
+    # the checkpointed chunks. Both must give the same loss and gradients.
+    ctx = _text_ids(tiny_tok, "The quick brown fox jumps over the lazy dog. Alice was")
+    results = []
+    for fused in (True, False):
+        model = make_icae(tiny_tok, train_decoder=True, seed=5)
+        model.train()
+        model.loss_chunk_tokens = 6
+        assert model._fused_loss_applies()
+        if not fused:
+            monkeypatch.setattr(type(model), "_fused_loss_applies", lambda self: False)
+        encoded = [model.encode(model.prompts.autoencoding(ctx), task=0),
+                   model.encode(model.prompts.autoencoding(ctx[:9]), task=0)]
+        out = model(**model.collate(encoded))
+        out["loss"].backward()
+        results.append((out["loss"].item(), {n: p.grad.clone() for n, p in
+                                             model.named_parameters() if p.grad is not None}))
+    assert results[0][0] == pytest.approx(results[1][0], rel=1e-6)
+    assert results[0][1].keys() == results[1][1].keys() and len(results[0][1]) > 2
+    for n, g in results[0][1].items():
+        torch.testing.assert_close(g, results[1][1][n], atol=1e-6, rtol=1e-5)
+
+
+def test_a_trainable_lm_head_keeps_the_recomputed_chunks(tiny_tok):
+    model = make_icae(tiny_tok, seed=5)
+    model.lm_head.weight.requires_grad_(True)
+    assert not model._fused_loss_applies()

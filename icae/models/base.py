@@ -244,19 +244,31 @@ class LoRAWrappedModel(nn.Module):
             return self._adapter_state_context((True, self._adapter_state[1]))
         return self._adapter_state_context((False, name))
 
-    # Labelled tokens per chunk of the LM head + cross-entropy; with gradients each chunk
-    # is recomputed in the backward pass, so fp32 logits over the vocabulary never exist for
-    # more than this many tokens at once (150k-token vocabularies make them the largest
-    # activation of a long autoencoding target).
+    # Labelled tokens per chunk of the LM head + cross-entropy: logits over the vocabulary
+    # never exist for more than this many tokens at once (150k-token vocabularies make them
+    # the largest activation of a long autoencoding target). A frozen plain LM head takes
+    # icae.models.linear_ce (gradients made in the forward pass, nothing recomputed);
+    # otherwise each chunk is recomputed in the backward pass.
     loss_chunk_tokens: int = 2048
 
     def _ce_chunk(self, h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(self.lm_head(h).float(), y, reduction="none")
 
+    def _fused_loss_applies(self) -> bool:
+        """The LM head is a plain frozen linear map (not a LoRA-wrapped or biased one), so
+        :func:`~icae.models.linear_ce.linear_cross_entropy` can take the loss."""
+        head = self.lm_head
+        return (type(head) is nn.Linear and head.bias is None
+                and not head.weight.requires_grad)
+
     def _token_losses(self, h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         from torch.utils.checkpoint import checkpoint
 
         n = self.loss_chunk_tokens
+        if self._fused_loss_applies():
+            from icae.models.linear_ce import linear_cross_entropy
+
+            return linear_cross_entropy(h, self.lm_head.weight, y, n)
         if h.shape[0] <= n:
             return self._ce_chunk(h, y)
         parts = []

@@ -158,7 +158,7 @@ properties:
     type: array
     items: {type: string}
     default: [logging_steps, report_to, progress, dataloader_num_workers, compile_layers,
-              loss_chunk_tokens, save_steps, save_total_limit]
+              loss_chunk_tokens, cudnn_attention, save_steps, save_total_limit]
     description: >
       Keys of the pretrain, finetune and evaluation sections that do not change
       results: they are passed to the jobs but changing them reruns nothing.

@@ -109,3 +109,44 @@ def test_objectives_and_representatives_follow_the_lm_share(tmp_path):
     assert cont == tuple(range(11, 21))
     no_lm = PretrainDataConfig(min_len=10, len_jitter=0.0, lm_ratio=0.0)
     assert PretrainSpans(docs, no_lm, 0, 100, enc).objectives() == ["ae"]
+
+
+def test_example_length_is_that_of_the_drawn_example(docs):
+    _, td = docs
+    ds = _spans(td, 30, lm_target_len=12)
+    for i in range(30):
+        task, ctx, cont = ds[i]
+        assert ds.example_length(i) == ((len(ctx) if task == "ae" else len(cont)), len(ctx))
+
+
+def test_length_grouped_order_sorts_inside_windows_only():
+    from icae.training.spans import LengthGroupedOrder
+
+    rng = np.random.default_rng(1)
+    lengths = rng.integers(10, 100, size=50).tolist()
+    order = list(LengthGroupedOrder(lambda i: lengths[i], 50, window=16, batch=4, seed=7))
+    assert sorted(order) == list(range(50))  # every index once
+    for start in range(0, 50, 16):
+        window = order[start:start + 16]
+        assert sorted(window) == list(range(start, min(start + 16, 50)))  # no crossing
+        batches = [window[j:j + 4] for j in range(0, len(window), 4)]
+        # each micro-batch is a run of the window's sorted lengths
+        spans = sorted((min(lengths[i] for i in b), max(lengths[i] for i in b))
+                       for b in batches)
+        for (lo1, hi1), (lo2, _) in zip(spans, spans[1:]):
+            assert hi1 <= lo2
+    # a pure function of its arguments (an exact resume); another seed shuffles the batches
+    assert list(LengthGroupedOrder(lambda i: lengths[i], 50, 16, 4, 7)) == order
+    assert list(LengthGroupedOrder(lambda i: lengths[i], 50, 16, 4, 8)) != order
+    # padding to the longest of each micro-batch falls
+    def padded(o):
+        return sum(max(lengths[i] for i in o[j:j + 4]) * len(o[j:j + 4])
+                   for j in range(0, len(o), 4))
+    assert padded(order) < padded(list(range(50)))
+
+
+def test_length_grouped_order_rejects_a_zero_window():
+    from icae.training.spans import LengthGroupedOrder
+
+    with pytest.raises(ValueError, match="window"):
+        LengthGroupedOrder(len, 10, window=0, batch=2, seed=0)

@@ -321,20 +321,22 @@ def test_training_log_has_no_deprecation_warnings_with_checkpointing(workdir, tm
     assert "elapsed " in first and "steps/s" in first and "tok/s" in first and "ETA " in first
 
 
-def test_training_takes_cudnn_out_of_sdpa_on_cuda(monkeypatch):
-    # pytorch/pytorch#196678: cuDNN's SDPA backward returns NaN query gradients for padded
-    # batches on Hopper; training must not use it.
+def test_training_sets_cudnn_attention_from_its_config_on_cuda(monkeypatch):
+    # pytorch/pytorch#196678: cuDNN's SDPA backward returns NaN query gradients for masked
+    # batches on Hopper; training keeps it off unless cudnn_attention asks for it.
     import torch
 
-    from icae.training.trainer import avoid_cudnn_attention_backward
+    from icae.config import TrainingConfig
+    from icae.training.trainer import set_cudnn_attention
 
+    assert TrainingConfig().cudnn_attention is False
     calls = []
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.backends.cuda, "enable_cudnn_sdp", lambda on: calls.append(on))
-    assert avoid_cudnn_attention_backward() is True
-    assert calls == [False]
+    assert set_cudnn_attention(False) is True and set_cudnn_attention(True) is True
+    assert calls == [False, True]
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert avoid_cudnn_attention_backward() is False and calls == [False]
+    assert set_cudnn_attention(False) is False and calls == [False, True]
 
 
 def test_pretrain_adopts_an_init_checkpoint_with_zero_steps(workdir, tmp_path):
@@ -502,3 +504,27 @@ def test_train_diagnostics_names_a_bad_step_window():
                        ("-1:2", "negative")):
         with pytest.raises(argparse.ArgumentTypeError, match=words):
             diag._window(bad)
+
+
+def test_pretrain_groups_spans_by_length_and_finetune_refuses_it(workdir, tmp_path, monkeypatch):
+    from icae.training import spans
+    from icae.training.run import finetune, pretrain
+
+    seen = []
+    original = spans.LengthGroupedOrder.__iter__
+
+    def recording(self):
+        for i in original(self):
+            seen.append(i)
+            yield i
+
+    monkeypatch.setattr(spans.LengthGroupedOrder, "__iter__", recording)
+    cfg = cfg_for(workdir, tmp_path, "pretrain.length_grouping_steps=2",
+                  "pretrain.per_device_train_batch_size=2", "pretrain.max_steps=4",
+                  "data.pretrain.len_jitter=0.5")
+    meta = pretrain(cfg)
+    assert meta["global_step"] == 4 and math.isfinite(meta["train_loss"])
+    assert seen[:8] != list(range(8)) and sorted(seen[:8]) == list(range(8))
+    with pytest.raises(ValueError, match="finetune.length_grouping_steps=2"):
+        finetune(cfg_for(workdir, tmp_path / "ft", "finetune.dataset=squad",
+                         "finetune.length_grouping_steps=2"))

@@ -49,7 +49,7 @@ _CKPT_RE = re.compile(r"^checkpoint-(\d+)$")
 # periodic evaluation and where things are written.
 NOT_TRACKED = frozenset({
     "report_to", "progress", "logging_steps", "dataloader_num_workers", "compile_layers",
-    "loss_chunk_tokens", "save_steps",
+    "loss_chunk_tokens", "cudnn_attention", "save_steps",
     "save_total_limit", "eval_steps", "ae_bleu_samples", "per_device_eval_batch_size",
     "output_dir", "resume_dir",
     # A wall-clock stop and a loss diagnostic: neither changes what a step computes.

@@ -20,7 +20,7 @@ from __future__ import annotations
 import random
 
 import numpy as np
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 
 from icae.config import PretrainDataConfig
 from icae.data.prepared import TokenDocuments
@@ -109,6 +109,12 @@ class PretrainSpans(Dataset):
             out.append(self.encode("lm", ctx, self.docs.slice(doc, self.lo, self.lo + target)))
         return out
 
+    def example_length(self, index: int) -> tuple[int, int]:
+        """``(decoder target tokens, context tokens)`` of example ``index``, without
+        encoding it: what :class:`LengthGroupedOrder` sorts by."""
+        task, ctx, cont = self.draw(index)
+        return (len(ctx) if task == "ae" else len(cont)), len(ctx)
+
     def __getitem__(self, index: int):
         if not 0 <= index < self.num_examples:
             raise IndexError(index)
@@ -118,3 +124,32 @@ class PretrainSpans(Dataset):
 
 def task_id(name: str) -> int:
     return Objective.from_marker(name)
+
+
+class LengthGroupedOrder(Sampler):
+    """The indices ``0..n-1`` in windows of ``window`` consecutive indices; inside a window
+    the examples are sorted by ``length_of(index)`` and cut into micro-batches of
+    ``batch``, whose order is a seeded shuffle. Every index is read once, no window
+    reaches into another (so the objective mix still follows the training clock to
+    within one window), and the order is a pure function of ``(seed, n, window, batch)``:
+    a resumed run skips to exactly the batches the interrupted one had not trained."""
+
+    def __init__(self, length_of, n: int, window: int, batch: int, seed: int):
+        if window < 1 or batch < 1:
+            raise ValueError(f"window ({window}) and batch ({batch}) must be positive")
+        self.length_of, self.n = length_of, int(n)
+        self.window, self.batch, self.seed = int(window), int(batch), int(seed)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        for start in range(0, self.n, self.window):
+            idx = np.arange(start, min(start + self.window, self.n))
+            keys = np.array([self.length_of(int(i)) for i in idx]).reshape(len(idx), -1)
+            # lexsort sorts by its last key first; a stable sort keeps index order on ties.
+            order = idx[np.lexsort(keys.T[::-1])]
+            batches = [order[j:j + self.batch] for j in range(0, len(order), self.batch)]
+            rng = np.random.default_rng([self.seed, start])
+            for b in rng.permutation(len(batches)):
+                yield from (int(i) for i in batches[b])

@@ -52,8 +52,10 @@ class ICAETrainer(Trainer):
     diagnostic (:class:`SeparationMonitor`) or ``None``."""
 
     def __init__(self, *args, embedding_learning_rate: float | None = None,
-                 separation: "SeparationMonitor | None" = None, **kwargs):
+                 separation: "SeparationMonitor | None" = None,
+                 length_grouping_steps: int = 0, **kwargs):
         super().__init__(*args, **kwargs)
+        self.length_grouping_steps = length_grouping_steps
         self.embedding_learning_rate = embedding_learning_rate
         self.separation = separation
         # Device tensors summed over the steps since the last log: reading them every step
@@ -70,10 +72,20 @@ class ICAETrainer(Trainer):
     def _get_train_sampler(self, *args, **kwargs):
         # Datasets that fix their own (seeded, shuffled) order, such as the pre-training
         # spans whose objective mix follows the training clock, are read in order.
-        if getattr(self.train_dataset, "ordered", False):
+        dataset = self.train_dataset
+        if self.length_grouping_steps:
+            from icae.training.spans import LengthGroupedOrder
+
+            a = self.args
+            per_step = (a.per_device_train_batch_size * a.gradient_accumulation_steps
+                        * a.world_size)
+            return LengthGroupedOrder(dataset.example_length, len(dataset),
+                                      window=self.length_grouping_steps * per_step,
+                                      batch=a.per_device_train_batch_size, seed=a.seed)
+        if getattr(dataset, "ordered", False):
             from torch.utils.data import SequentialSampler
 
-            return SequentialSampler(self.train_dataset)
+            return SequentialSampler(dataset)
         return super()._get_train_sampler(*args, **kwargs)
 
     def create_optimizer(self, *args, **kwargs):
@@ -435,21 +447,23 @@ def training_arguments(t: TrainingConfig, resume_dir: Path, seed: int, has_eval:
     )
 
 
-def avoid_cudnn_attention_backward() -> bool:
-    """Take cuDNN out of SDPA's backends for training on CUDA.
+def set_cudnn_attention(enabled: bool) -> bool:
+    """Let SDPA take cuDNN's attention kernels in training on CUDA, or not
+    (``pretrain.cudnn_attention`` / ``finetune.cudnn_attention``).
 
     Since torch 2.11 cuDNN is SDPA's default backend on Hopper, and its backward returns
     NaN query gradients when an attention mask is passed and the sequence length is 64
     modulo 128 with a query row whose logsumexp is very negative, as a fully masked
     padding row is (pytorch/pytorch#196678, huggingface/trl#7181). Our left-padded batches
     had such rows: on an H200 (torch 2.11, 2026-12-01) SmolLM2 fine-tuning and pre-training
-    runs stopped on a NaN loss after 7 to 145 steps. Training batches are now right-padded
-    and pass no mask (flash attention: LoRAWrappedModel.causal_attention); left-padded
-    passes (evaluation, generation) still carry masks. Returns whether anything was
-    changed."""
+    runs stopped on a NaN loss after 7 to 145 steps, so training turned cuDNN off. Training
+    batches are now right-padded and pass no mask (LoRAWrappedModel.causal_attention),
+    which the bug report finds clean with cuDNN; left-padded passes (evaluation,
+    generation) still carry masks but run no backward. Returns whether anything was
+    set."""
     if not torch.cuda.is_available():
         return False
-    torch.backends.cuda.enable_cudnn_sdp(False)
+    torch.backends.cuda.enable_cudnn_sdp(bool(enabled))
     return True
 
 
@@ -462,7 +476,7 @@ def train(model, train_examples, eval_examples, t: TrainingConfig, *, output_dir
     checkpoint (trained parameters + config + logs) atomically to ``output_dir``.
     ``callbacks``: more Trainer callbacks, after the run's own."""
     decision = resume_mod.decide(resume_dir, output_dir, resume_policy)
-    avoid_cudnn_attention_backward()
+    set_cudnn_attention(t.cudnn_attention)
     if t.compile_layers:
         log.info("compiled %d decoder layers (torch.compile)", model.compile_layers())
     if t.loss_chunk_tokens:
@@ -488,6 +502,11 @@ def train(model, train_examples, eval_examples, t: TrainingConfig, *, output_dir
                          f"multi-GPU job: workflow.gpu.{stage} >= 2, or torchrun "
                          f"--nproc_per_node N -m icae {stage} ...); one process trains "
                          f"with {stage}.fsdp=\"\"")
+    if t.length_grouping_steps and not hasattr(train_examples, "example_length"):
+        raise ValueError(f"{stage}.length_grouping_steps={t.length_grouping_steps}: its "
+                         f"training examples ({type(train_examples).__name__}) cannot tell "
+                         "their lengths without encoding them; only the pre-training spans "
+                         "can be grouped (set it to 0)")
     if t.fsdp:
         from icae.models.checkpoint import base_fingerprint
 
@@ -496,7 +515,8 @@ def train(model, train_examples, eval_examples, t: TrainingConfig, *, output_dir
                           eval_dataset=eval_examples or None,
                           data_collator=model.collate, callbacks=callbacks,
                           embedding_learning_rate=t.embedding_learning_rate,
-                          separation=separation)
+                          separation=separation,
+                          length_grouping_steps=t.length_grouping_steps)
     if t.fsdp and not trainer.is_fsdp_enabled:
         # accelerate (1.15) shards only on accelerators; on CPU it would quietly train
         # full copies.

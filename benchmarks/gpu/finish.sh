@@ -5,7 +5,7 @@
 # and the same-budget truncation baseline (the slots $BEST would use, as text).
 # PRETRAINED (default results/$BEST/pretrain) is the pre-trained ICAE that is fine-tuned,
 # e.g. the shipped checkpoints/smollm2-135m-icae with RUNSET=2026-12-02-squad BEST=shipped.
-# Usage: STORE=... BEST=<run> RUNSET=... finish.sh STORE [overrides...]
+# Usage: STORE=... BEST=<run> RUNSET=... [SQUAD=0] [SHIPPED_AE=1] finish.sh STORE [overrides...]
 FT_SECONDS=${FT_SECONDS:-150}
 source benchmarks/gpu/sweep_common.sh "$@"
 PRETRAINED=${PRETRAINED:-results/$BEST/pretrain}
@@ -25,6 +25,12 @@ for name in $(run_names); do
   ev ae-test-$name evaluation.task=ae evaluation.checkpoint=results/$name/pretrain $args \
     data.prepared_dir=$STORE/prepared-test-$prof evaluation.batch_size=64 &
 done
+# SHIPPED_AE=1: the shipped checkpoint on the same held-out spans (same card and code).
+[ "${SHIPPED_AE:-0}" = 1 ] && ev ae-test-shipped evaluation.task=ae \
+  evaluation.checkpoint=checkpoints/smollm2-135m-icae $(profile s128) \
+  data.prepared_dir=$STORE/prepared-test-s128 evaluation.batch_size=64 &
+# SQUAD=0: the held-out autoencoding only.
+[ "${SQUAD:-1}" = 0 ] && { wait; exit 0; }
 # SQuAD fine-tuning, side by side on the GPU.
 B=$(run_args $BEST)
 ft icae-$BEST $B finetune.init_checkpoint=$PRETRAINED &

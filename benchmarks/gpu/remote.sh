@@ -168,6 +168,10 @@ speed-random)
     touch "$STORE/random-ready"
   fi
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+  mkdir -p results/bench
+  # SDPA=1: flash vs cuDNN attention for the training passes' shapes (time, gradients).
+  [ "${SDPA:-0}" = 1 ] && timeout 120 $PY benchmarks/gpu/sdpa_backends.py \
+    --out results/bench/sdpa_backends.json > results/bench/sdpa_backends.log 2>&1
   OUT= bash benchmarks/gpu/speed.sh "$STORE" $(common) data.prepared_dir=$STORE/prepared-s448 \
     2>&1 | tee results/bench.log | tail -40
   tar czf "$OUT/speed.tgz" results/bench.log results/bench/*.json results/bench/*.log \

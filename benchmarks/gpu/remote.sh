@@ -2,7 +2,8 @@
 # Run ON THE GPU MACHINE (device tool), from the repository root, one stage per call:
 #
 #   store-a   carry .gpu/a, then store-b carrying .gpu/b: keep their GGUF parts, data and
-#   store-b   wheels in $STORE (outside the checkout)
+#   store-b   wheels in $STORE (outside the checkout); CHECK=1 also runs the fused-loss and
+#             SDPA-backend checks (torch only)
 #   setup     carry .gpu/c: join + verify the GGUF, install the wheels, prepare the model
 #             and data (the runs' profiles and EXTRA_PROFILES), with SPEED=1 time the
 #             training steps (seed-style code vs ours), then (unless START=0) start the
@@ -102,6 +103,12 @@ case "$STAGE" in
 store-a|store-b)
   cp -r ".gpu/${STAGE#store-}/." "$STORE/" && ls -la "$STORE" "$STORE/data"
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+  # CHECK=1 (torch only, ~1 min): the fused LM-head loss against the plain one, and SDPA's
+  # flash vs cuDNN attention for the training passes' shapes (benchmarks/gpu/*.py).
+  if [ "${CHECK:-0}" = 1 ]; then
+    timeout 90 $PY benchmarks/gpu/check_fused_loss.py 2>&1 | tail -3 | tee "$OUT/check_fused_loss.txt"
+    timeout 120 $PY benchmarks/gpu/sdpa_backends.py --out "$OUT/sdpa_backends.json" 2>&1 | tail -30 | cut -c1-300
+  fi
   ;;
 setup)
   export DEADLINE=$(( $(date +%s) + ${CALL_SECONDS:-570} ))

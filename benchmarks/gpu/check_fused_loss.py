@@ -2,7 +2,7 @@
 SmolLM2-135M's head (576 -> 49,152) under bf16 autocast: losses, input gradients (with
 uneven per-token weights), time of forward + backward and peak memory of each.
 
-Usage: python benchmarks/gpu/check_fused_loss.py [--tokens 32768] [--chunk 2048]
+Usage: python benchmarks/gpu/check_fused_loss.py [--tokens 32768] [--chunks 2048 8192]
 """
 
 from __future__ import annotations
@@ -50,26 +50,27 @@ def measure(fn, h, w, y, weights, chunk, reps=5):
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--tokens", type=int, default=32768)
-    ap.add_argument("--chunk", type=int, default=2048)
+    ap.add_argument("--chunks", type=int, nargs="+", default=[2048, 8192])
     args = ap.parse_args()
     torch.manual_seed(0)
     h = torch.randn(args.tokens, 576, device="cuda", dtype=torch.bfloat16)
     w = torch.randn(49152, 576, device="cuda", dtype=torch.bfloat16) * 0.05
     y = torch.randint(0, 49152, (args.tokens,), device="cuda")
     weights = torch.rand(args.tokens, device="cuda") / args.tokens
-    (ref_loss, ref_grad), ref_ms, ref_gib = measure(plain, h, w, y, weights, args.chunk)
-    (loss, grad), ms, gib = measure(linear_cross_entropy, h, w, y, weights, args.chunk)
-    result = {
-        "gpu": torch.cuda.get_device_name(), "tokens": args.tokens, "chunk": args.chunk,
-        "plain_ms": round(ref_ms, 2), "fused_ms": round(ms, 2),
-        "plain_peak_gib": round(ref_gib, 2), "fused_peak_gib": round(gib, 2),
-        "max_loss_diff": float((loss - ref_loss).abs().max()),
-        "mean_loss": float(ref_loss.mean()),
-        "grad_rel_err": float((grad.float() - ref_grad.float()).norm()
-                              / ref_grad.float().norm()),
-        "nonfinite": int((~torch.isfinite(grad)).sum()),
-    }
-    print(json.dumps(result))
+    for chunk in args.chunks:
+        (ref_loss, ref_grad), ref_ms, ref_gib = measure(plain, h, w, y, weights, chunk)
+        (loss, grad), ms, gib = measure(linear_cross_entropy, h, w, y, weights, chunk)
+        result = {
+            "gpu": torch.cuda.get_device_name(), "tokens": args.tokens, "chunk": chunk,
+            "plain_ms": round(ref_ms, 2), "fused_ms": round(ms, 2),
+            "plain_peak_gib": round(ref_gib, 2), "fused_peak_gib": round(gib, 2),
+            "max_loss_diff": float((loss - ref_loss).abs().max()),
+            "mean_loss": float(ref_loss.mean()),
+            "grad_rel_err": float((grad.float() - ref_grad.float()).norm()
+                                  / ref_grad.float().norm()),
+            "nonfinite": int((~torch.isfinite(grad)).sum()),
+        }
+        print(json.dumps(result), flush=True)
 
 
 if __name__ == "__main__":

@@ -106,7 +106,7 @@ store-a|store-b)
   # CHECK=1 (torch only, ~1 min): the fused LM-head loss against the plain one, and SDPA's
   # flash vs cuDNN attention for the training passes' shapes (benchmarks/gpu/*.py).
   if [ "${CHECK:-0}" = 1 ]; then
-    timeout 90 $PY benchmarks/gpu/check_fused_loss.py 2>&1 | tail -3 | tee "$OUT/check_fused_loss.txt"
+    timeout 90 $PY benchmarks/gpu/check_fused_loss.py 2>&1 | tail -4 | tee "$OUT/check_fused_loss.txt"
     timeout 120 $PY benchmarks/gpu/sdpa_backends.py --out "$OUT/sdpa_backends.json" 2>&1 | tail -30 | cut -c1-300
   fi
   ;;

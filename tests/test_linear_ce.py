@@ -65,8 +65,9 @@ def test_a_trainable_head_is_refused():
 
 @pytest.mark.slow
 def test_the_compiled_softmax_kernel_equals_eager():
-    # On CUDA the kernel runs compiled with dynamic row counts; inductor must keep the
-    # in-place scatter of the targets' -1 (checked here on the CPU backend).
+    # On CUDA the kernel runs compiled with dynamic row counts, where it subtracts the
+    # one-hot through a comparison instead of the eager scatter (checked here on the CPU
+    # backend).
     compiled = torch.compile(_softmax_minus_onehot, dynamic=True)
     for n in (7, 12):
         logits = torch.randn(n, 40).to(torch.bfloat16)

@@ -32,7 +32,14 @@ def _softmax_minus_onehot(logits: torch.Tensor, targets: torch.Tensor):
     lse = torch.logsumexp(x, dim=-1)
     loss = lse - x.gather(1, targets[:, None]).squeeze(1)
     grad = torch.exp(x - lse[:, None])
-    grad.scatter_add_(1, targets[:, None], grad.new_full((grad.shape[0], 1), -1.0))
+    if torch.compiler.is_compiling():
+        # One pointwise kernel with the comparison inside: no fp32 gradient buffer (an
+        # in-place scatter would need one written and read again).
+        classes = torch.arange(x.shape[-1], device=x.device)
+        grad = torch.where(classes == targets[:, None], grad - 1.0, grad)
+    else:
+        # Eager (CPU): no row x vocabulary comparison tensor.
+        grad.scatter_add_(1, targets[:, None], grad.new_full((grad.shape[0], 1), -1.0))
     return loss, grad.to(logits.dtype)
 
 

@@ -513,4 +513,5 @@ def nonfinite_message(what: str, value, step: int, saved: str | None, stage: str
              f"--resume-from {saved}`" if saved else
              "the state before it could not be saved")
     return (f"non-finite {what} ({value}) at step {step + 1}; stopped before the optimizer "
-            f"step, {where} (or check the data)")
+            f"step, {where} (or check the data; on a GPU, {stage}.cudnn_attention=false "
+            f"rules out cuDNN's attention kernels)")

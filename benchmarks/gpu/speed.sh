@@ -112,12 +112,16 @@ RECIPE="pretrain.max_steps=100000 pretrain.eval_steps=null pretrain.save_steps=1
   pretrain.logging_steps=5 pretrain.max_train_seconds=$SECS data.prepared_dir=$STORE/prepared-s128"
 # Most telling first (the deadline may cut the list).
 # 2026-12-07, second lease: the LM head's loss with gradients made in the forward pass
-# (icae.models.linear_ce, the default now: ours-b64-compiled runs it), then cuDNN's
-# attention for the mask-free causal passes, then spans grouped by length over 4 steps.
+# (icae.models.linear_ce, always on for a frozen head), cuDNN's attention for the mask-free
+# causal passes (pretrain.cudnn_attention, default true since), spans grouped by length over
+# 4 steps. ours-b64-c-flash is that lease's "ours-b64-compiled" (measured while
+# cudnn_attention still defaulted to false).
 run ours-b64-c-all $SEED_SETTING pretrain.per_device_train_batch_size=64 pretrain.compile_layers=true \
   pretrain.cudnn_attention=true pretrain.length_grouping_steps=4
 run ours-b64-c-cudnn $SEED_SETTING pretrain.per_device_train_batch_size=64 pretrain.compile_layers=true \
   pretrain.cudnn_attention=true
+run ours-b64-c-flash $SEED_SETTING pretrain.per_device_train_batch_size=64 pretrain.compile_layers=true \
+  pretrain.cudnn_attention=false
 run ours-b128-c-all $SEED_SETTING pretrain.per_device_train_batch_size=128 \
   pretrain.gradient_accumulation_steps=1 pretrain.compile_layers=true pretrain.cudnn_attention=true \
   pretrain.length_grouping_steps=4

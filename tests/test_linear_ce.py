@@ -78,3 +78,47 @@ def test_the_compiled_softmax_kernel_equals_eager():
         torch.testing.assert_close(grad, ref_grad)
         assert grad.dtype == torch.bfloat16
         assert (grad.float().sum(-1).abs() < 2e-2).all()  # softmax - onehot sums to zero
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the compiled kernel's CUDA path")
+def test_cuda_fused_loss_matches_the_plain_path_under_bf16_autocast():
+    # What training runs on a GPU: the compiled softmax kernel, dynamic row counts (a short
+    # last chunk), bf16 autocast over the head.
+    torch.manual_seed(0)
+    h = torch.randn(3000, 64, device="cuda")
+    w = torch.randn(1000, 64, device="cuda") * 0.1
+    y = torch.randint(0, 1000, (3000,), device="cuda")
+    weights = torch.rand(3000, device="cuda")
+    results = []
+    for fused in (False, True):
+        hx = h.clone().requires_grad_()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = (linear_cross_entropy(hx, w, y, 1024) if fused
+                    else F.cross_entropy((hx @ w.T).float(), y, reduction="none"))
+        (loss * weights).sum().backward()
+        results.append((loss.detach(), hx.grad))
+    torch.testing.assert_close(results[1][0], results[0][0], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(results[1][1], results[0][1], atol=2e-2, rtol=2e-2)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="cuDNN attention needs a GPU")
+def test_cuda_cudnn_causal_attention_without_a_mask_has_finite_gradients():
+    # pretrain.cudnn_attention relies on this: pytorch/pytorch#196678's NaN (lengths 64 mod
+    # 128, very negative logsumexp) needs a mask; the causal flag alone is clean.
+    import math
+
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    L, D = 704, 64
+    q = torch.randn(1, 1, L, D, device="cuda", dtype=torch.bfloat16) * 0.1
+    k = torch.randn(1, 1, L, D, device="cuda", dtype=torch.bfloat16) * 0.1
+    v = torch.randn(1, 1, L, D, device="cuda", dtype=torch.bfloat16)
+    q[..., 0], k[..., 0] = 1.0, -120 * math.sqrt(D)
+    q.requires_grad_()
+    try:
+        with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    except RuntimeError as err:  # no cuDNN attention on this card or build
+        pytest.skip(str(err).splitlines()[0])
+    out.backward(torch.randn_like(out))
+    assert torch.isfinite(q.grad).all()

@@ -346,7 +346,7 @@ class TrainingConfig:
                     "with gradient_checkpointing.")
     cudnn_attention: bool = _f(
         True, help="Let SDPA take cuDNN's attention kernels in training (torch 2.11's "
-                   "default on Hopper) rather than flash: 1.7-1.8x faster forward + backward "
+                   "default on Hopper) rather than flash: 1.4-1.8x faster forward + backward "
                    "at SmolLM2's shapes (H100, 2026-12-07). Training passes are right-padded "
                    "and run causal without a mask, where cuDNN's backward is correct (checked "
                    "at lengths of 64 mod 128 too); with a mask it returns NaN "

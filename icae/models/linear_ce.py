@@ -14,7 +14,9 @@ only scales those rows by the incoming per-token gradients. Exact (up to roundin
 any reduction the caller applies afterwards, since the per-token gradients arrive in
 backward. The softmax part runs as one compiled kernel on CUDA (fp32 inside, bf16 logits
 read twice and the bf16 gradient written once); the weight must not need gradients (the
-caller falls back to the plain path when it does).
+caller falls back to the plain path when it does). At one micro-batch's 32k labels on
+SmolLM2's head: 12.3 ms forward + backward against 50.4 ms for the plain path, 0.82 against
+1.35 GiB peak (H100, 2026-12-07, benchmarks/gpu/check_fused_loss.py).
 """
 
 from __future__ import annotations

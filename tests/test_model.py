@@ -17,6 +17,21 @@ def _text_ids(tok, text):
     return tok(text, add_special_tokens=False)["input_ids"]
 
 
+def _loss_and_grads(model, batch):
+    """One forward + backward from zeroed gradients: the loss and every gradient."""
+    model.zero_grad()
+    out = model(**batch)
+    out["loss"].backward()
+    return out["loss"].item(), {n: p.grad.clone() for n, p in model.named_parameters()
+                                if p.grad is not None}
+
+
+def _assert_same_grads(a, b, atol, rtol):
+    assert a.keys() == b.keys()
+    for n in a:
+        torch.testing.assert_close(a[n], b[n], atol=atol, rtol=rtol)
+
+
 @pytest.mark.parametrize("length, m, rate", [(1, 4, 2), (8, 4, 2), (9, 4, 2), (50, 4, 2),
                                              (50, 8, 1), (100, 2, 4), (33, 16, 1.5)])
 def test_memory_shape(tiny_tok, length, m, rate):
@@ -185,16 +200,10 @@ def test_host_built_batch_gives_the_same_loss_and_gradients_as_the_device_path(t
         encoded.append(model.encode(model.prompts.autoencoding(ctx), task=0))
     results = []
     for batch in (model.collate(encoded), collate(encoded, model.pad_id)):
-        model.zero_grad()
-        out = model(**batch)
-        out["loss"].backward()
-        results.append((out["loss"].item(), {n: p.grad.clone() for n, p in
-                                             model.named_parameters() if p.grad is not None}))
+        results.append(_loss_and_grads(model, batch))
     assert "memory_index" in model.collate(encoded)
     assert results[0][0] == pytest.approx(results[1][0], rel=1e-6)
-    assert results[0][1].keys() == results[1][1].keys()
-    for n in results[0][1]:
-        torch.testing.assert_close(results[0][1][n], results[1][1][n], atol=1e-6, rtol=1e-5)
+    _assert_same_grads(results[0][1], results[1][1], atol=1e-6, rtol=1e-5)
 
 
 @pytest.mark.parametrize("layout", ["epl", "linspace"])
@@ -224,12 +233,7 @@ def test_right_padded_training_batches_run_causal_attention_without_a_mask(tiny_
     results = []
     for b in (batch, collate(encoded, model.pad_id)):
         seen.clear()
-        model.zero_grad()
-        out = model(**b)
-        out["loss"].backward()
-        results.append((out["loss"].item(), {n: p.grad.clone() for n, p in
-                                             model.named_parameters() if p.grad is not None},
-                        list(seen)))
+        results.append((*_loss_and_grads(model, b), list(seen)))
     layers = model.base.config.num_hidden_layers
     # right-padded: every encoder and decoder layer without a mask, causal
     assert results[0][2] == [(True, True)] * (2 * layers)
@@ -238,8 +242,7 @@ def test_right_padded_training_batches_run_causal_attention_without_a_mask(tiny_
     assert results[1][2] == [(True, True)] * layers
     assert model.base.config._attn_implementation == "sdpa"  # switched back
     assert results[0][0] == pytest.approx(results[1][0], rel=1e-6)
-    for n in results[0][1]:
-        torch.testing.assert_close(results[0][1][n], results[1][1][n], atol=1e-6, rtol=1e-5)
+    _assert_same_grads(results[0][1], results[1][1], atol=1e-6, rtol=1e-5)
 
 
 def test_extra_embedding_gradient_sums_over_the_positions_that_use_each_row(tiny_tok):
@@ -273,12 +276,9 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_tok, train_decoder
         if checkpointing:
             model.gradient_checkpointing_enable()
         batch = collate([model.encode(model.prompts.autoencoding(ctx), task=0)], model.pad_id)
-        model(**batch)["loss"].backward()
-        grads.append({n: p.grad.clone() for n, p in model.named_parameters()
-                      if p.grad is not None})
-    assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 1
-    for n in grads[0]:
-        torch.testing.assert_close(grads[0][n], grads[1][n], atol=1e-5, rtol=1e-4)
+        grads.append(_loss_and_grads(model, batch)[1])
+    assert len(grads[0]) > 1
+    _assert_same_grads(grads[0], grads[1], atol=1e-5, rtol=1e-4)
 
 
 def test_chunked_loss_equals_the_plain_loss(tiny_tok):
@@ -314,14 +314,9 @@ def test_compiled_layers_give_the_same_loss_and_gradients(tiny_tok, training_bat
         encoded = [model.encode(model.prompts.autoencoding(ctx), task=0),
                    model.encode(model.prompts.autoencoding(ctx[:7]), task=0)]
         batch = model.collate(encoded) if training_batch else collate(encoded, model.pad_id)
-        out = model(**batch)
-        out["loss"].backward()
-        results.append((out["loss"].item(), {n: p.grad.clone() for n, p in
-                                             model.named_parameters() if p.grad is not None}))
+        results.append(_loss_and_grads(model, batch))
     assert results[0][0] == pytest.approx(results[1][0], rel=1e-5)
-    assert results[0][1].keys() == results[1][1].keys()
-    for n, g in results[0][1].items():
-        torch.testing.assert_close(g, results[1][1][n], atol=1e-5, rtol=1e-4)
+    _assert_same_grads(results[0][1], results[1][1], atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.slow
@@ -365,14 +360,10 @@ def test_the_fused_loss_equals_the_recomputed_chunks(tiny_tok, monkeypatch):
             monkeypatch.setattr(type(model), "_fused_loss_applies", lambda self: False)
         encoded = [model.encode(model.prompts.autoencoding(ctx), task=0),
                    model.encode(model.prompts.autoencoding(ctx[:9]), task=0)]
-        out = model(**model.collate(encoded))
-        out["loss"].backward()
-        results.append((out["loss"].item(), {n: p.grad.clone() for n, p in
-                                             model.named_parameters() if p.grad is not None}))
+        results.append(_loss_and_grads(model, model.collate(encoded)))
     assert results[0][0] == pytest.approx(results[1][0], rel=1e-6)
-    assert results[0][1].keys() == results[1][1].keys() and len(results[0][1]) > 2
-    for n, g in results[0][1].items():
-        torch.testing.assert_close(g, results[1][1][n], atol=1e-6, rtol=1e-5)
+    assert len(results[0][1]) > 2
+    _assert_same_grads(results[0][1], results[1][1], atol=1e-6, rtol=1e-5)
 
 
 def test_a_trainable_lm_head_keeps_the_recomputed_chunks(tiny_tok):

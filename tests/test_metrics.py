@@ -553,3 +553,43 @@ def test_seed_token_accuracy_pads_to_the_longer_sequence():
     assert seed_token_accuracy([9, 2, 3, 4], ref) == pytest.approx(3 / 4)
     assert seed_token_accuracy([], [5]) == 0.0
     assert math.isnan(seed_token_accuracy([], []))
+
+
+def test_bleu4_hand_checked_values():
+    # Identical: every n-gram precision is 1.
+    assert M.bleu4("a b c d e f", "a b c d e f", tokenize=str.split) == pytest.approx(1.0)
+    # Two neighbours swapped ("a b d c e f"): unigrams 6/6, bigrams 2/5 (ab, ef),
+    # trigrams 0/4 -> no trigram in common, so unsmoothed BLEU-4 is (NLTK's) ~0.
+    assert M.bleu4("a b c d e f", "a b d c e f", tokenize=str.split) < 1e-70
+    assert M.bleu1("a b c d e f", "a b d c e f", tokenize=str.split) == 1.0
+    # One extra word at the start ("x a b c d e f"): BLEU-1 6/7, and the shift-robust
+    # higher orders: 5/6, 4/5, 3/4, no brevity penalty (c = 7 > r = 6).
+    expected = math.exp((math.log(6 / 7) + math.log(5 / 6) + math.log(4 / 5) + math.log(3 / 4)) / 4)
+    assert M.bleu4("a b c d e f", "x a b c d e f", tokenize=str.split) == pytest.approx(expected)
+    # ...where position-aligned token accuracy sees almost nothing.
+    assert M.token_accuracy([9, 1, 2, 3, 4, 5, 6], [1, 2, 3, 4, 5, 6]) == 0.0
+    # Brevity penalty as in BLEU-1: hypothesis "a b c d" of reference "a b c d e f".
+    assert M.bleu4("a b c d e f", "a b c d", tokenize=str.split) == pytest.approx(
+        math.exp(1 - 6 / 4))
+
+
+def test_bleu4_empty_or_short_inputs_return_zero_without_warnings():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert M.bleu4("", "something") == 0.0
+        assert M.bleu4("something", "") == 0.0
+        assert M.bleu4("a b c", "a b c") < 1e-70  # no 4-gram at all
+        assert M.bleu4("a b c d", "d c b a", tokenize=str.split) < 1e-70
+
+
+def test_bleu4_equals_nltk_default_sentence_bleu():
+    from nltk.translate.bleu_score import sentence_bleu
+
+    ref = "The quick brown fox jumps over the lazy dog near the river bank."
+    hyp = "The quick brown fox jumped over a lazy dog near the river bank."
+    tokens = M.word_tokenize_offline
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        nltk_value = sentence_bleu([tokens(ref)], tokens(hyp))
+    assert 0.3 < nltk_value < 0.9
+    assert M.bleu4(ref, hyp) == pytest.approx(nltk_value, abs=1e-12)

@@ -32,11 +32,12 @@ import pandas as pd
 from icae import tasks
 
 # Scores in [0, 1] in metrics.csv, shown in percent.
-FRACTIONS = {"bleu1", "token_accuracy", "exact_match", "f1", "similarity", "pass@0.8"}
+FRACTIONS = {"bleu1", "bleu4", "token_accuracy", "exact_match", "f1", "similarity", "pass@0.8"}
 UP, DOWN, NEUTRAL = 1, -1, 0
 # metric -> (label, direction); ar_/tf_/trajectory_ prefixes are handled in metric_info.
 METRICS = {
     "bleu1": ("BLEU-1", UP),
+    "bleu4": ("BLEU-4", UP),
     "token_accuracy": ("Token acc.", UP),
     "exact_match": ("EM", UP),
     "f1": ("F1", UP),

@@ -84,6 +84,7 @@ class Autoencoding(Task):
         from icae.evaluation import metrics as M
 
         return {"bleu1": M.bleu1(ex.reference, prediction),
+                "bleu4": M.bleu4(ex.reference, prediction),
                 "token_accuracy": M.token_accuracy(pred_ids, ex.reference_ids),
                 "exact_match": M.exact_match(prediction, ex.reference)}
 
@@ -93,8 +94,11 @@ TASK = Autoencoding(
     caption="Autoencoding: reconstruction of held-out pre-training contexts from memory",
     dataset_title="pre-training", data_inputs="sources",
     eval_fields=("context_ids",),
-    metrics=("bleu1", "token_accuracy", "exact_match"),
-    headline=("bleu1", "token_accuracy", "exact_match"),
-    units={"bleu1": SHARED_UNITS["bleu1"], "token_accuracy": SHARED_UNITS["token_accuracy"],
+    metrics=("bleu1", "bleu4", "token_accuracy", "exact_match"),
+    headline=("bleu1", "bleu4", "token_accuracy", "exact_match"),
+    units={"bleu1": SHARED_UNITS["bleu1"],
+           "bleu4": "fraction [0,1], NLTK sentence BLEU-4 (uniform weights, unsmoothed) on "
+                    "BLEU-1's tokens: word order counts, one shifted token does not sink it",
+           "token_accuracy": SHARED_UNITS["token_accuracy"],
            "exact_match": "fraction of exact strings"},
     finetunable=False)

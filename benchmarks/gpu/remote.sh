@@ -3,7 +3,8 @@
 #
 #   store-a   carry .gpu/a, then store-b carrying .gpu/b: keep their GGUF parts, data and
 #   store-b   wheels in $STORE (outside the checkout); CHECK=1 also runs the fused-loss and
-#             SDPA-backend checks (torch only)
+#             SDPA-backend checks (torch only); store-NAME copies any carried .gpu/NAME
+#             into $STORE (e.g. store-x: a run's parameters to continue from)
 #   setup     carry .gpu/c: join + verify the GGUF, install the wheels, prepare the model
 #             and data (the runs' profiles and EXTRA_PROFILES), with SPEED=1 time the
 #             training steps (seed-style code vs ours), then (unless START=0) start the
@@ -100,7 +101,7 @@ bring_logs() {
 }
 
 case "$STAGE" in
-store-a|store-b)
+store-*)
   cp -r ".gpu/${STAGE#store-}/." "$STORE/" && ls -la "$STORE" "$STORE/data"
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
   # CHECK=1 (torch only, ~1 min): the fused LM-head loss against the plain one, and SDPA's

@@ -288,7 +288,10 @@ class TrainingConfig:
                    "workflow (the branch's pretrain checkpoint); pretrain: continue from it, "
                    "or with max_steps 0 adopt it as it is (the pretrain step checks that it "
                    "fits model.* and the base model and writes it as its output; the "
-                   "quickstart starts from checkpoints/smollm2-135m-icae this way).")
+                   "quickstart starts from checkpoints/smollm2-135m-icae this way). A "
+                   "pretrain run from it counts its examples from 0, so with the seed and "
+                   "data it was trained with it draws those spans again (a warning says "
+                   "so): give it another seed for new ones.")
     learning_rate: float = _f(1e-4, exclusiveMinimum=0, help="Peak learning rate.")
     embedding_learning_rate: float | None = _f(
         None, exclusiveMinimum=0,

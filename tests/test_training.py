@@ -369,6 +369,27 @@ def test_pretrain_adopts_an_init_checkpoint_with_zero_steps(workdir, tmp_path):
         cfg_for(workdir, tmp_path / "d", "pretrain.max_steps=0")
 
 
+def test_continuing_with_the_same_seed_and_sources_warns_of_revisited_spans(workdir, tmp_path,
+                                                                            caplog):
+    """A run from pretrain.init_checkpoint counts its examples from 0, so with the parent's
+    seed and documents it draws the parent's spans again (2026-12-07's linspace and 8x
+    continuations did): the log says so, and names the key that avoids it."""
+    from icae.training.run import pretrain, revisited_spans
+
+    pretrain(cfg_for(workdir, tmp_path / "a"))
+    parent = tmp_path / "a" / "t" / "pretrain"
+    same = cfg_for(workdir, tmp_path / "b", f"pretrain.init_checkpoint={parent}")
+    message = revisited_spans(read_meta(parent), same)
+    assert message and "seed" in message and str(read_meta(parent)["examples_seen"]) in message
+    assert revisited_spans(read_meta(parent),
+                           cfg_for(workdir, tmp_path / "c", f"pretrain.init_checkpoint={parent}",
+                                   "seed=7")) is None
+    assert revisited_spans({"examples_seen": 8}, same) is None  # no run config: no verdict
+    with caplog.at_level("WARNING", logger="icae.training.run"):
+        pretrain(same)
+    assert any("draws the same spans" in r.getMessage() for r in caplog.records)
+
+
 @pytest.mark.slow
 def test_pretrain_with_compiled_layers_evaluates_and_decodes(workdir, tmp_path):
     # pretrain.compile_layers through the whole pretrain command: the compiled blocks serve

@@ -83,6 +83,31 @@ def _fresh_spans(cfg: ExperimentConfig, t: TrainingConfig, model):
     return train_set, eval_set, stats
 
 
+def revisited_spans(meta: dict, cfg: ExperimentConfig) -> str | None:
+    """Why a run from ``pretrain.init_checkpoint`` (checkpoint.json ``meta``) would train on
+    its parent's spans again, or None. Its example index starts at 0 and a span is a pure
+    function of (seed, index) over the same documents, so the same seed and data replay
+    the parent's first ``examples_seen`` spans."""
+    import dataclasses
+
+    parent = meta.get("run_config") or {}
+    seen = int(meta.get("examples_seen") or 0)
+    if not parent or not seen or parent.get("seed") != cfg.seed:
+        return None
+    data = parent.get("data") or {}
+    sources = (data.get("pretrain") or {}).get("sources")
+    mine = dataclasses.asdict(cfg.data.pretrain)["sources"]
+    same_data = (sources == mine) if (sources or mine) else (
+        data.get("prepared_dir") == cfg.data.prepared_dir)
+    if not same_data:
+        return None
+    return (f"pretrain.init_checkpoint={cfg.pretrain.init_checkpoint} was trained on {seen} "
+            f"examples drawn with seed {cfg.seed} from the same pre-training data; this run "
+            f"counts its examples from 0 and so draws the same spans again (a span is a pure "
+            f"function of seed and example index). Set another seed (e.g. seed={cfg.seed + 1}) "
+            f"to draw new ones.")
+
+
 def pretrain(cfg: ExperimentConfig, args=None) -> dict:
     if cfg.model.model_type != "icae":
         raise ValueError("model.model_type: pretrain trains ICAE; the llm baseline is only "
@@ -93,6 +118,12 @@ def pretrain(cfg: ExperimentConfig, args=None) -> dict:
     model = build_model(cfg.model, checkpoint=t.init_checkpoint)
     if t.init_checkpoint and t.max_steps == 0:
         return _adopt(cfg, t, model)
+    if t.init_checkpoint:
+        from icae.models.checkpoint import read_meta
+
+        warning = revisited_spans(read_meta(t.init_checkpoint), cfg)
+        if warning:
+            log.warning(warning)
     train_set, eval_set, stats = _fresh_spans(cfg, t, model)
     # The spans dataset holds every pass: one epoch of the Trainer covers them all.
     import dataclasses

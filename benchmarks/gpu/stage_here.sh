@@ -40,10 +40,14 @@ mkdir -p .gpu/s/data && cp -r .gpu/d/smollm2 .gpu/s/ && cp -r .gpu/b/whl .gpu/b/
 cp .gpu/c/data/corpus.jsonl.gz .gpu/a/data/eval.jsonl.gz .gpu/s/data/
 # shapes.sh runs the evaluation tests, which score BLEU with nltk
 mkdir -p .gpu/d/whl && cp .gpu/b/whl/nltk-*.whl .gpu/d/whl/
+# .gpu/t: gpu_tests.sh (the tests that skip without CUDA) needs pytest there
+mkdir -p .gpu/t && cp .gpu/b/whl/nltk-*.whl .gpu/b/whl/defusedxml-*.whl .gpu/t/
+python3 -m pip download -q --no-deps --only-binary=:all: -d .gpu/t pytest==9.2.0 pluggy==1.7.0 \
+  iniconfig==2.3.1 packaging==26.4
 rm -rf .gpu/tmp
 # What one call may carry: 64 MiB with the tracked checkout.
 checkout=$(git ls-files -z | xargs -0 du -cb | tail -1 | cut -f1)
-du -sb .gpu/a .gpu/b .gpu/c .gpu/d .gpu/s | while read -r bytes dir; do
+du -sb .gpu/a .gpu/b .gpu/c .gpu/d .gpu/s .gpu/t | while read -r bytes dir; do
   total=$((bytes + checkout))
   printf "%s %.1f MiB (+ checkout = %.1f MiB)\n" "$dir" "$(echo "$bytes / 1048576" | bc -l)" \
     "$(echo "$total / 1048576" | bc -l)"

@@ -68,8 +68,9 @@ class PretrainSpans(Dataset):
             self._perm[p] = np.random.default_rng([self.seed, p]).permutation(self.usable)
         return self._perm[p]
 
-    def draw(self, index: int) -> tuple[str, list[int], list[int]]:
-        """``(task, context ids, continuation ids)`` of example ``index``."""
+    def _plan(self, index: int) -> tuple[str, int, int, int, int]:
+        """``(task, document, start, context length, target length)`` of example
+        ``index``: every random choice, no tokens read."""
         D = len(self.usable)
         p, j = divmod(index, D)
         doc = int(self._order(p)[j])
@@ -78,11 +79,15 @@ class PretrainSpans(Dataset):
         span = min(rng.randint(self.lo, self.hi), n_doc)
         target = self.pcfg.lm_target_len or span
         if rng.random() < lm_share(index, self.pcfg) and n_doc >= span + target:
-            start = rng.randint(0, n_doc - span - target)
-            return ("lm", self.docs.slice(doc, start, start + span),
-                    self.docs.slice(doc, start + span, start + span + target))
-        start = rng.randint(0, n_doc - span)
-        return "ae", self.docs.slice(doc, start, start + span), []
+            return "lm", doc, rng.randint(0, n_doc - span - target), span, target
+        return "ae", doc, rng.randint(0, n_doc - span), span, 0
+
+    def draw(self, index: int) -> tuple[str, list[int], list[int]]:
+        """``(task, context ids, continuation ids)`` of example ``index``."""
+        task, doc, start, span, target = self._plan(index)
+        end = start + span
+        cont = self.docs.slice(doc, end, end + target) if target else []
+        return task, self.docs.slice(doc, start, end), cont
 
     def objectives(self) -> list[str]:
         """The objectives some example of this dataset can have: AE always; LM when an
@@ -111,9 +116,9 @@ class PretrainSpans(Dataset):
 
     def example_length(self, index: int) -> tuple[int, int]:
         """``(decoder target tokens, context tokens)`` of example ``index``, without
-        encoding it: what :class:`LengthGroupedOrder` sorts by."""
-        task, ctx, cont = self.draw(index)
-        return (len(ctx) if task == "ae" else len(cont)), len(ctx)
+        reading or encoding it: what :class:`LengthGroupedOrder` sorts by."""
+        task, _, _, span, target = self._plan(index)
+        return (span if task == "ae" else target), span
 
     def __getitem__(self, index: int):
         if not 0 <= index < self.num_examples:

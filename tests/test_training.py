@@ -87,7 +87,8 @@ def test_pretrain_then_every_finetune(workdir, tmp_path):
     assert {"trained.safetensors", "checkpoint.json", "config.yaml", "log.csv"} <= {
         p.name for p in ckpt.iterdir()}
     log_text = (ckpt / "log.csv").read_text()
-    for col in ("ae_loss", "lm_loss", "trained_tokens", "eval_loss", "eval_ae_bleu1"):
+    for col in ("ae_loss", "lm_loss", "trained_tokens", "eval_loss", "eval_ae_bleu1",
+                "eval_ae_bleu4"):
         assert col in log_text.splitlines()[0], col
     assert (tmp_path / "t" / "pretrain.resume").is_dir()  # resume state lives outside
     assert read_meta(ckpt)["trained_markers"] == ["ae", "lm"]  # pre-training never uses [FT]

@@ -315,7 +315,9 @@ def write_log_files(history: list[dict], folder: Path) -> None:
 
 
 class AEBleuCallback(TrainerCallback):
-    """At each evaluation, reconstruct a few held-out contexts and log their BLEU-1."""
+    """At each evaluation, reconstruct a few held-out contexts and log their BLEU-1 and
+    BLEU-4 (the second sees word order: linspace positions reconstructed the words but
+    not their order, 2026-12-07)."""
 
     def __init__(self, model, contexts: list[list[int]], max_new_tokens: int):
         self.model = model
@@ -325,7 +327,7 @@ class AEBleuCallback(TrainerCallback):
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         if not self.contexts or metrics is None:
             return
-        from icae.evaluation.metrics import bleu1
+        from icae.evaluation.metrics import bleu1, bleu4
 
         model = self.model
         was_training = model.training
@@ -340,14 +342,14 @@ class AEBleuCallback(TrainerCallback):
         with eager:
             outs = model.generate(prompts, max_new_tokens=self.max_new_tokens)
         tok = model.tokenizer
-        scores = [bleu1(tok.decode(c, skip_special_tokens=True),
-                        tok.decode(o, skip_special_tokens=True))
-                  for c, o in zip(self.contexts, outs)]
+        pairs = [(tok.decode(c, skip_special_tokens=True), tok.decode(o, skip_special_tokens=True))
+                 for c, o in zip(self.contexts, outs)]
         if was_training:
             model.train()
-        value = sum(scores) / len(scores)
-        metrics["eval_ae_bleu1"] = value
-        state.log_history.append({"eval_ae_bleu1": value, "step": state.global_step})
+        entry = {f"eval_ae_{metric.__name__}": sum(metric(*p) for p in pairs) / len(pairs)
+                 for metric in (bleu1, bleu4)}
+        metrics.update(entry)
+        state.log_history.append({**entry, "step": state.global_step})
 
 
 def _checkpointing_args(enabled: bool) -> dict:

@@ -83,29 +83,41 @@ def _fresh_spans(cfg: ExperimentConfig, t: TrainingConfig, model):
     return train_set, eval_set, stats
 
 
+def span_history(meta: dict) -> list[dict]:
+    """The pre-training spans a checkpoint's parameters have seen, one entry per run of its
+    lineage (``seed``, ``examples``, the pre-training ``sources`` and ``prepared_dir``):
+    those of the runs it continued (``span_history`` in its checkpoint.json, written by
+    :func:`pretrain`) and its own (from its ``run_config`` and ``examples_seen``)."""
+    history = list(meta.get("span_history") or [])
+    run = meta.get("run_config") or {}
+    seen = int(meta.get("examples_seen") or 0)
+    if run and seen and meta.get("stage", "pretrain") == "pretrain":
+        data = run.get("data") or {}
+        history.append({"seed": run.get("seed"), "examples": seen,
+                        "sources": (data.get("pretrain") or {}).get("sources") or [],
+                        "prepared_dir": data.get("prepared_dir")})
+    return history
+
+
 def revisited_spans(meta: dict, cfg: ExperimentConfig) -> str | None:
     """Why a run from ``pretrain.init_checkpoint`` (checkpoint.json ``meta``) would train on
-    its parent's spans again, or None. Its example index starts at 0 and a span is a pure
-    function of (seed, index) over the same documents, so the same seed and data replay
-    the parent's first ``examples_seen`` spans."""
+    spans that checkpoint (or a run it continued) saw, or None. A run's example index
+    starts at 0 and a span is a pure function of (seed, index) over the same documents, so
+    the same seed and data replay that run's first ``examples`` spans."""
     import dataclasses
 
-    parent = meta.get("run_config") or {}
-    seen = int(meta.get("examples_seen") or 0)
-    if not parent or not seen or parent.get("seed") != cfg.seed:
-        return None
-    data = parent.get("data") or {}
-    sources = (data.get("pretrain") or {}).get("sources")
     mine = dataclasses.asdict(cfg.data.pretrain)["sources"]
-    same_data = (sources == mine) if (sources or mine) else (
-        data.get("prepared_dir") == cfg.data.prepared_dir)
-    if not same_data:
-        return None
-    return (f"pretrain.init_checkpoint={cfg.pretrain.init_checkpoint} was trained on {seen} "
-            f"examples drawn with seed {cfg.seed} from the same pre-training data; this run "
-            f"counts its examples from 0 and so draws the same spans again (a span is a pure "
-            f"function of seed and example index). Set another seed (e.g. seed={cfg.seed + 1}) "
-            f"to draw new ones.")
+    for run in span_history(meta):
+        sources = run.get("sources") or []
+        same_data = (sources == mine) if (sources or mine) else (
+            run.get("prepared_dir") == cfg.data.prepared_dir)
+        if run.get("seed") == cfg.seed and same_data:
+            return (f"pretrain.init_checkpoint={cfg.pretrain.init_checkpoint} was trained on "
+                    f"{run['examples']} examples drawn with seed {cfg.seed} from the same "
+                    f"pre-training data (its span_history); this run counts its examples from "
+                    f"0 and so draws the same spans again (a span is a pure function of seed "
+                    f"and example index). Set another seed to draw new ones.")
+    return None
 
 
 def pretrain(cfg: ExperimentConfig, args=None) -> dict:
@@ -118,10 +130,13 @@ def pretrain(cfg: ExperimentConfig, args=None) -> dict:
     model = build_model(cfg.model, checkpoint=t.init_checkpoint)
     if t.init_checkpoint and t.max_steps == 0:
         return _adopt(cfg, t, model)
+    history = []
     if t.init_checkpoint:
         from icae.models.checkpoint import read_meta
 
-        warning = revisited_spans(read_meta(t.init_checkpoint), cfg)
+        parent = read_meta(t.init_checkpoint)
+        history = span_history(parent)
+        warning = revisited_spans(parent, cfg)
         if warning:
             log.warning(warning)
     train_set, eval_set, stats = _fresh_spans(cfg, t, model)
@@ -143,7 +158,8 @@ def pretrain(cfg: ExperimentConfig, args=None) -> dict:
         return train(model, train_set, eval_set, t, output_dir=out, resume_dir=resume,
                      seed=cfg.seed, config_text=dump_config(cfg), ae_contexts=ae_contexts,
                      extra_meta={"stage": "pretrain", "examples": stats.examples,
-                                 "trained_markers": markers_in(model, marker_examples)},
+                                 "trained_markers": markers_in(model, marker_examples),
+                                 "span_history": history},
                      resume_policy=_policy(cfg, "pretrain", model, args))
 
 

@@ -151,6 +151,8 @@ def _sentence_bleu(reference: str, hypothesis: str, weights: tuple[float, ...],
     tok = tokenize or word_tokenize_offline
     ref_tokens = tok(reference)
     hyp_tokens = tok(hypothesis)
+    if not ref_tokens or not hyp_tokens:
+        return 0.0
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return float(sentence_bleu([ref_tokens], hyp_tokens, weights=weights))

@@ -391,8 +391,8 @@ def test_continuing_with_the_same_seed_and_sources_warns_of_revisited_spans(work
     assert any("draws the same spans" in r.getMessage() for r in caplog.records)
     # A grandparent's spans count too: b continued a with a's seed, c continues b with
     # seed 7; a run from c with a's seed (42) would replay a's spans.
-    pretrain(cfg_for(workdir, tmp_path / "c", f"pretrain.init_checkpoint={tmp_path / 'b' / 't' / 'pretrain'}",
-                     "seed=7"))
+    b = tmp_path / "b" / "t" / "pretrain"
+    pretrain(cfg_for(workdir, tmp_path / "c", f"pretrain.init_checkpoint={b}", "seed=7"))
     child = read_meta(tmp_path / "c" / "t" / "pretrain")
     assert [h["seed"] for h in child["span_history"]] == [42, 42]
     assert revisited_spans(child, cfg_for(workdir, tmp_path / "d", "seed=42")) is not None

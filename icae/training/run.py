@@ -126,19 +126,14 @@ def pretrain(cfg: ExperimentConfig, args=None) -> dict:
                          "fine-tuned")
     seed_everything(cfg.seed)
     t = cfg.pretrain
-    _check_init(cfg, t, "pretrain")
+    parent = _check_init(cfg, t, "pretrain")
     model = build_model(cfg.model, checkpoint=t.init_checkpoint)
     if t.init_checkpoint and t.max_steps == 0:
         return _adopt(cfg, t, model)
-    history = []
-    if t.init_checkpoint:
-        from icae.models.checkpoint import read_meta
-
-        parent = read_meta(t.init_checkpoint)
-        history = span_history(parent)
-        warning = revisited_spans(parent, cfg)
-        if warning:
-            log.warning(warning)
+    history = span_history(parent) if parent else []
+    warning = revisited_spans(parent, cfg) if parent else None
+    if warning:
+        log.warning(warning)
     train_set, eval_set, stats = _fresh_spans(cfg, t, model)
     # The spans dataset holds every pass: one epoch of the Trainer covers them all.
     import dataclasses
@@ -190,15 +185,18 @@ def finetune(cfg: ExperimentConfig, args=None) -> dict:
                      resume_policy=_policy(cfg, "finetune", model, args))
 
 
-def _check_init(cfg: ExperimentConfig, t: TrainingConfig, stage: str) -> None:
-    """``<stage>.init_checkpoint`` exists and was trained with this config's model.*."""
+def _check_init(cfg: ExperimentConfig, t: TrainingConfig, stage: str) -> dict | None:
+    """``<stage>.init_checkpoint`` exists and was trained with this config's model.*; its
+    checkpoint.json (None without an init_checkpoint)."""
     if not t.init_checkpoint:
-        return
+        return None
     if not Path(t.init_checkpoint).is_dir():
         raise FileNotFoundError(f"{stage}.init_checkpoint={t.init_checkpoint!r} does not exist")
     from icae.models.checkpoint import check_settings, read_meta
 
-    check_settings(read_meta(t.init_checkpoint), cfg.model, t.init_checkpoint)
+    meta = read_meta(t.init_checkpoint)
+    check_settings(meta, cfg.model, t.init_checkpoint)
+    return meta
 
 
 def _adopt(cfg: ExperimentConfig, t: TrainingConfig, model) -> dict:

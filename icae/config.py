@@ -169,7 +169,19 @@ class PretrainDataConfig:
         help="Objective schedule of training (icae.training.spans): the first "
              "ae_only_examples examples are autoencoding only, then the LM share ramps "
              "linearly to lm_ratio over lm_ratio_ramp_examples examples.")
-    lm_ratio_ramp_examples: int = _f(0, minimum=0, help="See ae_only_examples.")
+    lm_ratio_ramp_examples: int = _f(0, minimum=0,
+                                     help="See ae_only_examples (recall_ratio ramps alike).")
+    recall_ratio: float = _f(
+        0.0, minimum=0, maximum=1,
+        help="Share of recall examples (with lm_ratio at most 1; the rest autoencode): "
+             "the decoder reads the memory, a prompt of recall_prompt_len/2.."
+             "recall_prompt_len tokens copied from a random place in the context, and "
+             "must continue with the recall_target_len tokens that follow there: finding "
+             "a place in the memory by its content, as extractive QA must.")
+    recall_prompt_len: int = _f(16, minimum=1,
+                                help="Most tokens of a recall prompt (see recall_ratio).")
+    recall_target_len: int = _f(16, minimum=1,
+                                help="Tokens of a recall target (see recall_ratio).")
 
 
 @dataclass
@@ -793,6 +805,10 @@ def validate(cfg: ExperimentConfig) -> None:
     for i, src in enumerate(p.sources + p.eval_sources):
         _require((src.path is None) != (src.hf_dataset is None),
                  f"data.pretrain.sources[{i}]", "give exactly one of path or hf_dataset")
+
+    _require(p.lm_ratio + p.recall_ratio <= 1, "data.pretrain.recall_ratio",
+             f"plus data.pretrain.lm_ratio ({p.lm_ratio}) must be at most 1, got "
+             f"{p.recall_ratio}")
 
     _validate_training(cfg.pretrain, "pretrain")
     _validate_training(cfg.finetune, "finetune")

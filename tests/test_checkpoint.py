@@ -180,12 +180,46 @@ def test_plain_peft_loads_each_adapter(tiny_tok, tmp_path, train_decoder):
         assert (theirs - without).abs().max() > 1e-3  # the adapter does something
     with safe_open(str(tmp_path / "ckpt" / "embeddings.safetensors"), "pt") as fh:
         assert fh.get_tensor("memory_slots").shape == (4, 32)
-        assert fh.get_tensor("markers").shape == (3, 32)
-        assert "ae, lm, ft" in fh.metadata()["markers"]
+        assert fh.get_tensor("markers").shape == (4, 32)
+        assert "ae, lm, ft, recall" in fh.metadata()["markers"]
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(tmp_path / "ckpt" / "tokenizer"))
     assert tok.chat_template == tiny_tok.chat_template
+
+
+@pytest.mark.parametrize("portable", [False, True])
+def test_a_checkpoint_from_before_the_recall_marker_loads(tiny_tok, tmp_path, portable):
+    """Checkpoints written with three markers ([AE], [LM], [FT]: the shipped one among
+    them) load into a model with [RECALL]: their rows are copied, the new marker keeps its
+    initial row."""
+    from safetensors.torch import load_file, save_file
+
+    from icae.models.checkpoint import trained_markers
+
+    a = _perturbed(make_icae(tiny_tok, train_decoder=True))
+    save_checkpoint(a, tmp_path / "ckpt")
+    ckpt = tmp_path / "ckpt"
+    if portable:
+        (ckpt / "trained.safetensors").unlink()
+        emb = load_file(str(ckpt / "embeddings.safetensors"))
+        save_file({"memory_slots": emb["memory_slots"], "markers": emb["markers"][:3]},
+                  str(ckpt / "embeddings.safetensors"))
+    else:
+        state = load_file(str(ckpt / "trained.safetensors"))
+        state["extra_embeddings"] = state["extra_embeddings"][:-1].contiguous()
+        save_file(state, str(ckpt / "trained.safetensors"))
+    b = make_icae(tiny_tok, train_decoder=True)
+    fresh = b.extra_embeddings.detach().clone()
+    load_checkpoint(b, ckpt)
+    old, new = a.extra_embeddings.detach(), b.extra_embeddings.detach()
+    torch.testing.assert_close(new[:-1], old[:-1], rtol=0, atol=0)
+    torch.testing.assert_close(new[-1], fresh[-1], rtol=0, atol=0)
+    assert not torch.equal(new[-1], old[-1])
+    # a model with more memory slots is still refused (not taken for missing markers)
+    with pytest.raises(ValueError, match="mem_size"):
+        load_checkpoint(make_icae(tiny_tok, train_decoder=True, mem_size=8), ckpt)
+    assert trained_markers({"model_type": "icae", "stage": "finetune"}) == {"ae", "lm", "ft"}
 
 
 def test_icae_loads_a_portable_folder_back(tiny_tok, tmp_path):

@@ -21,9 +21,9 @@ def docs(tmp_path):
 
 
 def _spans(td, n, **kw):
-    pcfg = PretrainDataConfig(min_len=40, len_jitter=0.25, lm_ratio=0.5, **kw)
+    pcfg = PretrainDataConfig(**{"min_len": 40, "len_jitter": 0.25, "lm_ratio": 0.5, **kw})
     return PretrainSpans(td, pcfg, seed=3, num_examples=n,
-                         encode=lambda task, ctx, cont: (task, ctx, cont))
+                         encode=lambda task, ctx, cont, prompt: (task, ctx, cont))
 
 
 def test_token_documents_round_trip(docs):
@@ -99,7 +99,7 @@ def test_objectives_and_representatives_follow_the_lm_share(tmp_path):
 
     write_token_documents(tmp_path / "docs", [list(range(1, 60)), list(range(100, 140))])
     docs = TokenDocuments(tmp_path / "docs")
-    enc = lambda task, ctx, cont: (task, tuple(ctx), tuple(cont))  # noqa: E731
+    enc = lambda task, ctx, cont, prompt: (task, tuple(ctx), tuple(cont))  # noqa: E731
     pcfg = PretrainDataConfig(min_len=10, len_jitter=0.0, lm_ratio=0.5, ae_only_examples=8)
     assert PretrainSpans(docs, pcfg, 0, 8, enc).objectives() == ["ae"]
     spans = PretrainSpans(docs, pcfg, 0, 9, enc)
@@ -150,3 +150,50 @@ def test_length_grouped_order_rejects_a_zero_window():
 
     with pytest.raises(ValueError, match="window"):
         LengthGroupedOrder(len, 10, window=0, batch=2, seed=0)
+
+
+def test_recall_examples_quote_the_context_and_continue_it(docs):
+    _, td = docs
+    ds = _spans(td, 400, recall_ratio=0.4, recall_prompt_len=8, recall_target_len=5,
+                ae_only_examples=100)
+    spans = PretrainSpans(td, ds.pcfg, seed=3, num_examples=400,
+                          encode=lambda task, ctx, cont, prompt: (task, ctx, cont, prompt))
+    items = [spans[i] for i in range(400)]
+    assert {task for task, *_ in items[:100]} == {"ae"}  # the warm-up is AE only
+    tasks = [task for task, *_ in items[100:]]
+    assert 0.25 < tasks.count("recall") / 300 < 0.55 and 0.3 < tasks.count("lm") / 300 < 0.7
+    for i, (task, ctx, cont, prompt) in enumerate(items):
+        if task != "recall":
+            assert prompt == []
+            continue
+        assert 4 <= len(prompt) <= 8 and len(cont) == 5
+        j = next(k for k in range(len(ctx)) if ctx[k:k + len(prompt)] == prompt)
+        assert ctx[j + len(prompt):j + len(prompt) + 5] == cont
+        assert spans.example_length(i) == (len(prompt) + 5, len(ctx))
+    # AE and LM examples are drawn as in a run without recall (one draw picks the
+    # objective): the LM examples are the same, and recall takes only AE examples' places
+    plain = _spans(td, 400, ae_only_examples=100)
+    for (task, ctx, cont, _), (ptask, pctx, pcont) in zip(items, (plain[i] for i in range(400))):
+        if ptask == "lm":
+            assert (task, ctx, cont) == (ptask, pctx, pcont)
+        elif task == "ae":
+            assert ctx == pctx
+    assert spans.objectives() == ["ae", "lm", "recall"]
+    assert [r[0] for r in spans.representatives()] == ["ae", "lm", "recall"]
+
+
+def test_recall_needs_room_for_its_prompt_and_target(docs):
+    _, td = docs
+    ds = _spans(td, 200, lm_ratio=0.0, recall_ratio=1.0, recall_prompt_len=40,
+                recall_target_len=20)  # spans of 30..50 tokens: most cannot hold 20..40 + 20
+    tasks = [ds[i][0] for i in range(200)]
+    assert set(tasks) == {"ae", "recall"} and tasks.count("ae") > 50
+    too_long = _spans(td, 10, lm_ratio=0.0, recall_ratio=1.0, recall_prompt_len=60)
+    assert too_long.objectives() == ["ae"]
+
+
+def test_lm_and_recall_shares_together_at_most_one():
+    from icae.config import load_config
+
+    with pytest.raises(ValueError, match="data.pretrain.recall_ratio"):
+        load_config(None, ["data.pretrain.lm_ratio=0.6", "data.pretrain.recall_ratio=0.5"])

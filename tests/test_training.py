@@ -77,6 +77,19 @@ def cfg_for(workdir, tmp_path, *overrides):
     return load_config(None, base + list(overrides))
 
 
+def test_pretrain_with_recall_logs_its_loss_and_trains_its_marker(workdir, tmp_path):
+    from icae.training.run import pretrain
+
+    cfg = cfg_for(workdir, tmp_path, "data.pretrain.lm_ratio=0.25",
+                  "data.pretrain.recall_ratio=0.5", "data.pretrain.recall_prompt_len=6",
+                  "data.pretrain.recall_target_len=4", "pretrain.per_device_train_batch_size=8")
+    pretrain(cfg)
+    ckpt = tmp_path / "t" / "pretrain"
+    assert read_meta(ckpt)["trained_markers"] == ["ae", "lm", "recall"]
+    header = (ckpt / "log.csv").read_text().splitlines()[0].split(",")
+    assert "recall_loss" in header
+
+
 def test_pretrain_then_every_finetune(workdir, tmp_path):
     from icae.training.run import finetune, pretrain
 

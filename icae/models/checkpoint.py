@@ -279,6 +279,11 @@ def load_checkpoint(model, directory: str | Path, strict_base_name: bool = False
     with torch.no_grad():
         for name, tensor in state.items():
             p = params[name]
+            if name == "extra_embeddings" and _fewer_markers(model, p, tensor):
+                # Written before later markers (e.g. [RECALL]) existed: those keep their
+                # initial rows, and trained_markers does not list them.
+                p[:tensor.shape[0]].copy_(tensor.to(p.dtype))
+                continue
             if tuple(p.shape) != tuple(tensor.shape):
                 raise ValueError(f"checkpoint {directory}: tensor {name} has shape "
                                  f"{tuple(tensor.shape)}, the model expects {tuple(p.shape)}")
@@ -286,12 +291,25 @@ def load_checkpoint(model, directory: str | Path, strict_base_name: bool = False
     return meta
 
 
+# The markers before [RECALL]: every checkpoint written before it has these rows.
+_FIRST_MARKERS = ("ae", "lm", "ft")
+
+
+def _fewer_markers(model, param, tensor) -> bool:
+    """Whether ``tensor`` is an ``extra_embeddings`` of an older version: the same memory
+    slots and the first markers, fewer than the model's."""
+    rows = int(getattr(model, "mem_size", 0)) + len(_FIRST_MARKERS)
+    return (tensor.dim() == 2 and tensor.shape[1] == param.shape[1]
+            and rows <= tensor.shape[0] < param.shape[0])
+
+
 def trained_markers(meta: dict, directory: str | Path | None = None) -> frozenset[str]:
-    """The learned markers ([AE], [LM], [FT]) whose embeddings a checkpoint trained.
+    """The learned markers ([AE], [LM], [FT], [RECALL]) whose embeddings a checkpoint
+    trained.
 
     New checkpoints record ``trained_markers`` (the markers in the training examples of
     every stage that led to them, see :mod:`icae.training.run`). For older ones without
-    the key: ``stage: finetune`` is assumed to have trained all three (the fine-tune
+    the key: ``stage: finetune`` is assumed to have trained [AE], [LM] and [FT] (the fine-tune
     started from a pre-trained ICAE, the workflow's only path); ``stage: pretrain`` (or no
     stage) [AE] and [LM], narrowed by the ``data.pretrain.lm_ratio`` of its ``config.yaml``
     when that is readable (0: [AE] only, 1: [LM] only). The plain LLM has no markers.
@@ -301,7 +319,7 @@ def trained_markers(meta: dict, directory: str | Path | None = None) -> frozense
     if meta.get("model_type") != "icae":
         return frozenset()
     if meta.get("stage") == "finetune":
-        return frozenset(MARKERS)
+        return frozenset(_FIRST_MARKERS)
     ratio = 0.5
     if directory is not None and (Path(directory) / "config.yaml").is_file():
         import yaml

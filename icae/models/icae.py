@@ -8,8 +8,8 @@
 - Decoder: the same base model with every adapter disabled (frozen, as in ICAE), or with
   a second adapter ``decoder`` when ``model.train_decoder`` is set.
 - Learned embeddings live outside the base vocabulary: with ``V`` the base embedding
-  size and ``m`` the memory size, ids ``V..V+m-1`` are the memory slots, ``V+m``,
-  ``V+m+1``, ``V+m+2`` the [AE], [LM] and [FT] markers, and ``V+m+3`` the placeholder that
+  size and ``m`` the memory size, ids ``V..V+m-1`` are the memory slots, ``V+m`` ..
+  ``V+m+3`` the [AE], [LM], [FT] and [RECALL] markers, and ``V+m+4`` the placeholder that
   the decoder replaces with compressed memory vectors, in order.
 """
 

@@ -1,5 +1,5 @@
-"""The training objectives: autoencoding, language modelling (text continuation) and
-fine-tuning. Each one's integer value is its task id (``EncodedPrompt.task``, the row of
+"""The training objectives: autoencoding, language modelling (text continuation),
+fine-tuning and recall (continue the context from a place a prompt quotes). Each one's integer value is its task id (``EncodedPrompt.task``, the row of
 its marker among the learned marker embeddings), its lower-case name is its marker
 (``[AE]``, ``[LM]``, ``[FT]`` in templates) and it has its own loss columns
 (``ae_loss``, ``ae_loss_sum``, ``ae_tokens``, ...)."""
@@ -13,6 +13,8 @@ class Objective(enum.IntEnum):
     AE = 0
     LM = 1
     FT = 2
+    # Appended last: earlier checkpoints' marker rows keep their indices.
+    RECALL = 3
 
     @property
     def marker(self) -> str:

@@ -12,11 +12,12 @@ Beside ``trained.safetensors`` every checkpoint folder holds
     are part of it.
 ``embeddings.safetensors`` (ICAE only)
     ``memory_slots`` (``[mem_size, hidden]``): the learned embeddings appended after the
-    context, whose last-layer states become the memory; ``markers`` (``[3, hidden]``):
-    the task markers of the decoder prompt, rows in the order ``ae``, ``lm``, ``ft``
-    (autoencoding, language modelling, fine-tuning). In the model they are the token ids
-    ``vocab_size ... vocab_size + mem_size - 1`` and the three after them. The file's
-    metadata repeats this.
+    context, whose last-layer states become the memory; ``markers`` (``[4, hidden]``):
+    the task markers of the decoder prompt, rows in the order ``ae``, ``lm``, ``ft``,
+    ``recall`` (autoencoding, language modelling, fine-tuning, recall; checkpoints
+    written before recall existed have the first three). In the model they are the
+    token ids ``vocab_size ... vocab_size + mem_size - 1`` and the four after them. The
+    file's metadata repeats this.
 ``tokenizer/``
     the tokenizer (with its chat template) the checkpoint was trained with.
 

@@ -166,6 +166,13 @@ class PromptBuilder:
                            ) -> list[Piece]:
         return [Context(tuple(context)), Marker("lm"), Text(tuple(continuation), train=True)]
 
+    def recall(self, context: Sequence[int], prompt: Sequence[int], target: Sequence[int]
+               ) -> list[Piece]:
+        """The memory, the [RECALL] marker, ``prompt`` (tokens quoted from the context) and
+        ``target`` (the tokens that follow them there) as the target."""
+        return [Context(tuple(context)), Marker("recall"), Text(tuple(prompt)),
+                Text(tuple(target), train=True)]
+
     def chat(self, messages: list[dict], contexts: Sequence[Sequence[int]] = (),
              answer: str | None = None) -> list[Piece]:
         """Render ``messages`` (whose contents may hold :func:`context_slot` /

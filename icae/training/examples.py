@@ -28,6 +28,9 @@ log = logging.getLogger(__name__)
 def pretrain_pieces(model, rec: dict) -> tuple[list[Piece], Objective]:
     if rec["task"] == Objective.AE.marker:
         return model.prompts.autoencoding(rec["context_ids"]), Objective.AE
+    if rec["task"] == Objective.RECALL.marker:
+        return (model.prompts.recall(rec["context_ids"], rec["prompt_ids"],
+                                     rec["continuation_ids"]), Objective.RECALL)
     return model.prompts.language_modelling(rec["context_ids"], rec["continuation_ids"]), Objective.LM
 
 

@@ -70,9 +70,9 @@ def _fresh_spans(cfg: ExperimentConfig, t: TrainingConfig, model):
     else:
         n = math.ceil(t.num_train_epochs * len(docs))
 
-    def encode(task, ctx, cont):
+    def encode(task, ctx, cont, prompt):
         pieces, _ = pretrain_pieces(model, {"task": task, "context_ids": ctx,
-                                            "continuation_ids": cont})
+                                            "continuation_ids": cont, "prompt_ids": prompt})
         return model.encode(pieces, task=task_id(task))
 
     train_set = PretrainSpans(docs, cfg.data.pretrain, cfg.seed, n, encode)

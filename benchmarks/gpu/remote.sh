@@ -85,6 +85,9 @@ progress() {
     grep '^\[step\|eval_ae_bleu1\|WARNING\|Error\|error' "results/$name/pretrain.log" 2>/dev/null | tail -4 | cut -c1-300
   done
   [ -f results/sweep.log ] && { echo "== sweep"; tail -n 12 results/sweep.log | cut -c1-400; }
+  for f in results/*-pretrain.log; do  # a sweep's own pre-training (ft_recall.sh)
+    [ -f "$f" ] && { echo "== $f"; grep '^\[step\|eval_ae_bleu1' "$f" | tail -2 | cut -c1-400; }
+  done
   nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader
 }
 

@@ -1,4 +1,4 @@
-"""Learning curves of the pre-training runs: AE and LM loss against examples seen.
+"""Learning curves of the pre-training runs: AE, LM (and recall) loss against examples seen.
 
     python benchmarks/gpu/plot_curves.py docs/results/2026-12-01-h200 docs/results/smollm2-135m-curves.png
     python benchmarks/gpu/plot_curves.py docs/results/2026-12-02-h200 \
@@ -6,6 +6,8 @@
     python benchmarks/gpu/plot_curves.py docs/results/2026-12-02-h200,docs/results/2026-12-07c-h100 \
         docs/results/smollm2-135m-curves-2026-12-07c.png 40k --log \
         --runs=s128-dec,s128-epl,s128-linspace,s128-epl-x8
+    python benchmarks/gpu/plot_curves.py docs/results/2026-12-07d-h100 \
+        docs/results/smollm2-135m-recall-2026-12-07d.png none --log --runs=recall
 
 FOLDERS is a comma-separated list; a run that continues another (``CONTINUES``: started
 from its final parameters with ``pretrain.init_checkpoint``, counting its examples from 0)
@@ -31,7 +33,9 @@ RUNS = {"epl-dec": "EPL, decoder LoRA", "epl-frozen": "EPL, frozen decoder",
         "s448-dec": "448-token spans, decoder LoRA",
         # 2026-12-07, third lease: the 2026-12-02 recipe with that day's code
         "s128-epl": "4x EPL (rerun of s128-dec)", "s128-linspace": "4x linspace",
-        "s128-epl-x8": "8x EPL"}
+        "s128-epl-x8": "8x EPL",
+        # 2026-12-07, fourth lease: from the shipped checkpoint, AE/LM/recall 25/25/50
+        "recall": "recall pre-training"}
 # run -> the run whose final parameters it started from
 CONTINUES = {"s128-linspace-more": "s128-linspace", "s128-epl-x8-more": "s128-epl-x8",
              "s128-epl-x8-more2": "s128-epl-x8-more", "s128-epl-more": "s128-dec"}
@@ -70,6 +74,10 @@ def main(folders: str, out: str, ae_only: str = "20k", *flags: str) -> None:
             lm = df.dropna(subset=["lm_loss"])
             axes[0].plot(start + lm["examples_seen"], lm["lm_loss"], ls="--",
                          color=colour[name], label=label and f"{label}: LM")
+        if "recall_loss" in df:
+            recall = df.dropna(subset=["recall_loss"])
+            axes[0].plot(start + recall["examples_seen"], recall["recall_loss"], ls=":",
+                         color=colour[name], label=label and f"{label}: recall")
         bleu = df.dropna(subset=["eval_ae_bleu1"])
         per_step = (train["examples_seen"] / train["step"]).median()
         axes[1].plot(start + bleu["step"] * per_step, bleu["eval_ae_bleu1"], marker="o",
@@ -77,8 +85,9 @@ def main(folders: str, out: str, ae_only: str = "20k", *flags: str) -> None:
         if parent:
             for ax in axes:
                 ax.axvline(start, color=colour[name], lw=0.6, ls=":")
+    warm = "" if ae_only == "none" else f" (AE-only until {ae_only} examples)"
     axes[0].set(xlabel="training examples seen", ylabel="loss (nats / token)",
-                title=f"AE and LM loss (AE-only until {ae_only} examples)")
+                title=f"training loss by objective{warm}")
     if "--log" in flags:
         axes[0].set_yscale("log")
     axes[1].set(xlabel="training examples seen", ylabel="AE BLEU-1 (16 held-out spans)",

@@ -23,7 +23,10 @@ LABELS = {"llm": "LLM-FT lr 2e-4 (full context)",
           "icae-lr1e-3-s43": "ICAE-FT lr 1e-3, seed 43",
           "icae-lr2e-3": "ICAE-FT lr 2e-3",
           "llm-lr1e-3": "LLM-FT lr 1e-3 (full context)",
-          "llm-lr2e-4": "LLM-FT lr 2e-4 (full context)"}
+          "llm-lr2e-4": "LLM-FT lr 2e-4 (full context)",
+          # 2026-12-07, fourth lease
+          "icae-e2": "ICAE-FT lr 1e-3 from the 2026-12-07 checkpoint",
+          "icae-recall-e2": "ICAE-FT lr 1e-3 after recall pre-training"}
 
 
 def main(out: str, *folders: str) -> None:
@@ -36,7 +39,9 @@ def main(out: str, *folders: str) -> None:
             ax.plot(train["examples_seen"], train["loss"], label=label)
     ax.set_xlabel("fine-tuning examples seen")
     ax.set_ylabel("training loss (nats/token)")
-    ax.set_title("SQuAD fine-tuning, SmolLM2-135M (one H200, 2026-12-02)", fontsize=10)
+    # Result folders are named date + lease letter + card (2026-12-07d-h100).
+    ax.set_title("SQuAD fine-tuning, SmolLM2-135M ("
+                 + ", ".join(Path(f).name for f in folders) + ")", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()

@@ -333,6 +333,12 @@ class TrainingConfig:
                     "embeddings as the init_checkpoint has them, so the memory stays the "
                     "one pre-training made; the decoder adapter (model.train_decoder) and "
                     "the prompt markers still train. Ignored by the plain LLM (no encoder).")
+    freeze_decoder: bool = _f(
+        False, help="ICAE fine-tuning as the ICAE paper does it: the decoder stays as the "
+                    "init_checkpoint has it (its adapter, model.train_decoder, stops "
+                    "training; without one the decoder is the frozen base anyway) and only "
+                    "the encoder adapter, the memory slots and the markers learn. Ignored "
+                    "by the plain LLM.")
     ae_ratio: float = _f(
         0.0, minimum=0, maximum=1,
         help="ICAE fine-tuning: the fraction of the fine-tuning contexts that also get an "
@@ -771,6 +777,12 @@ def _validate_training(t: TrainingConfig, section: str) -> None:
              f"needs {section}.fsdp (full_shard or shard_grad_op)")
     _require(not (t.freeze_encoder and section == "pretrain"), "pretrain.freeze_encoder",
              "only applies to fine-tuning (pre-training trains the encoder)")
+    _require(not (t.freeze_decoder and section == "pretrain"), "pretrain.freeze_decoder",
+             "only applies to fine-tuning (pre-training trains what model.train_decoder "
+             "says)")
+    _require(not (t.freeze_decoder and t.freeze_encoder), f"{section}.freeze_decoder",
+             f"cannot be combined with {section}.freeze_encoder (only the markers would "
+             "train)")
     _require(not (t.ae_ratio and section == "pretrain"), "pretrain.ae_ratio",
              "only applies to fine-tuning (pre-training mixes its objectives with "
              "data.pretrain.lm_ratio)")

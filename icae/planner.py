@@ -387,6 +387,7 @@ class Plan:
             model["train_decoder"] = False
             # (ignored by the plain LLM, which has no memory; unset, they rerun nothing)
             cfg["finetune"]["freeze_encoder"] = False
+            cfg["finetune"]["freeze_decoder"] = False
             cfg["finetune"]["ae_ratio"] = 0.0
         return Branch(name, key, resolve_experiment(cfg, f"branch {name}"))
 

@@ -370,3 +370,16 @@ def test_a_trainable_lm_head_keeps_the_recomputed_chunks(tiny_tok):
     model = make_icae(tiny_tok, seed=5)
     model.lm_head.weight.requires_grad_(True)
     assert not model._fused_loss_applies()
+
+
+def test_freeze_decoder_freezes_only_the_decoder_adapter(tiny_tok):
+    plain = make_icae(tiny_tok)  # no decoder adapter: the decoder is the frozen base already
+    assert plain.freeze_decoder() == 0
+    assert all(p.requires_grad for n, p in plain.named_parameters() if "lora_" in n)
+    model = make_icae(tiny_tok, train_decoder=True)
+    frozen = model.freeze_decoder()
+    decoder = [p for n, p in model.named_parameters() if "lora_" in n and ".decoder." in n]
+    encoder = [p for n, p in model.named_parameters() if "lora_" in n and ".encoder." in n]
+    assert frozen == sum(p.numel() for p in decoder) > 0
+    assert not any(p.requires_grad for p in decoder) and all(p.requires_grad for p in encoder)
+    assert model.extra_embeddings.requires_grad

@@ -320,7 +320,7 @@ def test_what_each_edit_reruns():
     # Freezing ICAE's encoder in fine-tuning: the ICAE fine-tunings (and what reads them),
     # not the plain LLM's.
     # So does keeping autoencoding in the fine-tuning mix.
-    for key, value in (("freeze_encoder", True), ("ae_ratio", 0.25)):
+    for key, value in (("freeze_encoder", True), ("freeze_decoder", True), ("ae_ratio", 0.25)):
         icae_plan = make_plan(finetune={key: value})
         changed = _changed(plan, icae_plan)
         assert changed and all("llm-s42" not in j for j in changed), key

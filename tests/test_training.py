@@ -128,10 +128,9 @@ def _trained(model):
     return {k: v.clone() for k, v in model.trainable_state_dict().items()}
 
 
-def test_finetune_with_the_encoder_frozen_keeps_the_memory(workdir, tmp_path):
-    # finetune.freeze_encoder through the finetune command: the encoder adapter and the
-    # memory-slot rows stay as the init checkpoint has them; the decoder adapter and the
-    # markers (here [FT], trained for the first time) move.
+def _weights_around_finetune(workdir, tmp_path, *overrides):
+    """A pre-training with a decoder adapter, then 3 SQuAD fine-tuning steps from it with
+    ``overrides``: (pre-trained weights, fine-tuned weights, mem_size)."""
     from icae.models.checkpoint import read_weights
     from icae.training.run import finetune, pretrain
 
@@ -139,12 +138,20 @@ def test_finetune_with_the_encoder_frozen_keeps_the_memory(workdir, tmp_path):
     pretrain(cfg_for(workdir, tmp_path, *dec))
     ckpt = tmp_path / "t" / "pretrain"
     ft = cfg_for(workdir, tmp_path, *dec, "finetune.dataset=squad", "finetune.max_steps=3",
-                 f"finetune.init_checkpoint={ckpt}", "finetune.freeze_encoder=true",
-                 "finetune.learning_rate=1e-2", "finetune.embedding_learning_rate=1e-2")
+                 f"finetune.init_checkpoint={ckpt}", "finetune.learning_rate=1e-2",
+                 "finetune.embedding_learning_rate=1e-2", *overrides)
     finetune(ft)
-    before = read_weights(ckpt / "trained.safetensors")
-    after = read_weights(tmp_path / "t" / "finetune-squad-icae" / "trained.safetensors")
-    m = ft.model.mem_size
+    return (read_weights(ckpt / "trained.safetensors"),
+            read_weights(tmp_path / "t" / "finetune-squad-icae" / "trained.safetensors"),
+            ft.model.mem_size)
+
+
+def test_finetune_with_the_encoder_frozen_keeps_the_memory(workdir, tmp_path):
+    # finetune.freeze_encoder through the finetune command: the encoder adapter and the
+    # memory-slot rows stay as the init checkpoint has them; the decoder adapter and the
+    # markers (here [FT], trained for the first time) move.
+    before, after, m = _weights_around_finetune(workdir, tmp_path,
+                                                "finetune.freeze_encoder=true")
     encoder = [k for k in before if "lora_" in k and ".encoder." in k]
     decoder = [k for k in before if "lora_B" in k and ".decoder." in k]
     assert encoder and decoder
@@ -155,11 +162,30 @@ def test_finetune_with_the_encoder_frozen_keeps_the_memory(workdir, tmp_path):
     assert any(not torch.equal(before[k], after[k]) for k in decoder)
 
 
-def test_freeze_encoder_is_for_fine_tuning_without_weight_decay(workdir, tmp_path):
+def test_finetune_with_the_decoder_frozen_trains_the_encoder_side(workdir, tmp_path):
+    # finetune.freeze_decoder (ICAE's own fine-tuning): the decoder adapter stays as the
+    # init checkpoint has it; the encoder adapter, the memory slots and the markers move.
+    before, after, m = _weights_around_finetune(workdir, tmp_path,
+                                                "finetune.freeze_decoder=true")
+    decoder = [k for k in before if "lora_" in k and ".decoder." in k]
+    encoder = [k for k in before if "lora_B" in k and ".encoder." in k]
+    assert encoder and decoder
+    for k in decoder:
+        assert torch.equal(before[k], after[k]), k
+    assert any(not torch.equal(before[k], after[k]) for k in encoder)
+    assert not torch.equal(before["extra_embeddings"][:m], after["extra_embeddings"][:m])
+
+
+def test_freezing_is_for_fine_tuning_and_never_leaves_only_the_markers(workdir, tmp_path):
     with pytest.raises(ValueError, match="pretrain.freeze_encoder"):
         cfg_for(workdir, tmp_path, "pretrain.freeze_encoder=true")
     with pytest.raises(ValueError, match="weight_decay"):
         cfg_for(workdir, tmp_path, "finetune.freeze_encoder=true", "finetune.weight_decay=0.1")
+    with pytest.raises(ValueError, match="pretrain.freeze_decoder"):
+        cfg_for(workdir, tmp_path, "pretrain.freeze_decoder=true")
+    with pytest.raises(ValueError, match="only the markers"):
+        cfg_for(workdir, tmp_path, "finetune.freeze_decoder=true",
+                "finetune.freeze_encoder=true")
 
 
 def _run(workdir, tmp_path, dataset="squad", **kw):

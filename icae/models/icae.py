@@ -72,6 +72,20 @@ class ICAE(LoRAWrappedModel):
         self.memory_rows_frozen = True
         return frozen + self.mem_size * self.extra_embeddings.shape[1]
 
+    def freeze_decoder(self) -> int:
+        """Keep the decoder as it is (ICAE's own fine-tuning: only the encoder side learns):
+        the decoder adapter (``model.train_decoder``) stops training; the encoder adapter,
+        the memory slots and the markers still train. Returns how many parameters stopped
+        training (0 without a decoder adapter: the decoder is the frozen base already)."""
+        if self.decoder_adapter is None:
+            return 0
+        frozen, decoder = 0, f".{self.decoder_adapter}."
+        for name, p in self.named_parameters():
+            if "lora_" in name and decoder in name and p.requires_grad:
+                p.requires_grad_(False)
+                frozen += p.numel()
+        return frozen
+
     # -- prompts ---------------------------------------------------------------------------
     def num_memory_slots(self, length: int) -> int:
         """Slots standing for a context of ``length`` tokens; 0 when it stays text."""

@@ -168,6 +168,9 @@ def finetune(cfg: ExperimentConfig, args=None) -> dict:
     if t.freeze_encoder and cfg.model.model_type == "icae":
         log.info("finetune.freeze_encoder: %d parameters of the encoder and memory slots "
                  "stay as they are", model.freeze_encoder())
+    if t.freeze_decoder and cfg.model.model_type == "icae":
+        log.info("finetune.freeze_decoder: %d parameters of the decoder adapter stay as they "
+                 "are", model.freeze_decoder())
     train_set, eval_set, stats = _build(cfg, t.dataset, t, model)
     out, resume = _dirs(cfg, t, f"finetune-{t.dataset}-{cfg.model.model_type}")
     markers = set(train_set.markers)

@@ -84,6 +84,13 @@ def main(out: str, batch: int, fsdp: str, checkpointing: bool, stop_after: int,
               callbacks=[interrupt_after(stop_after)] if stop_after else None)
     except Interrupted:
         return
+    finally:
+        # Leave together and take the process group down: a rank whose interpreter exits
+        # with gloo's threads still running was seen to abort ("terminate called without
+        # an active exception", once in a CI run of 2026-12-07 on a loaded CPU).
+        if torch.distributed.is_initialized():
+            torch.distributed.barrier()
+            torch.distributed.destroy_process_group()
     if int(os.environ.get("RANK", "0")) == 0:
         sharded = any(type(p).__name__ == "DTensor" for p in model.parameters())
         (out_dir / "sharded").write_text(str(sharded))

@@ -55,15 +55,16 @@ def test_squad_f1_by_answer_position(tmp_path, tiny_tok):
     by_position = _load("benchmarks/gpu/squad_by_position.py")
     context = "Denver Broncos beat the Carolina Panthers in 2016."
     squad = {"data": [{"title": "T", "paragraphs": [{"context": context, "qas": [
-        {"id": "a", "answers": [{"answer_start": 0, "text": "Denver Broncos"}]},
+        {"id": "a", "answers": [{"answer_start": 0, "text": "Denver Broncos"}],
+         "question": "Who beat the Carolina Panthers in the final?"},
         {"id": "b", "answers": [{"answer_start": context.index("2016"), "text": "2016"}]}]}]}]}
     path = tmp_path / "dev.json"
     path.write_text(json.dumps(squad))
     positions = by_position.answer_positions(str(path), tiny_tok)
     ids = tiny_tok(context, add_special_tokens=False)["input_ids"]
-    assert positions["a"] == (0, len(ids))
+    assert (positions["a"]["offset"], positions["a"]["length"]) == (0, len(ids))
     # the token that holds the answer's first character
-    offset = positions["b"][0]
+    offset = positions["b"]["offset"]
     assert "2016".startswith(tiny_tok.decode(ids[offset:offset + 1]).strip()[:1])
     assert tiny_tok.decode(ids[:offset]).strip() == "Denver Broncos beat the Carolina Panthers in"
     preds = tmp_path / "p.jsonl"
@@ -73,3 +74,6 @@ def test_squad_f1_by_answer_position(tmp_path, tiny_tok):
     table = by_position.by(df, "offset", [0, 1, 100000])
     assert table.loc["0-0", "m"] == 100.0 and table.loc[">= 1", "m"] == 50.0
     assert table["questions"].tolist() == [1, 1]
+    # "beat", "carolina", "panthers" of "beat carolina panthers final" are in the sentence
+    assert positions["a"]["overlap"] == 75.0 and positions["b"]["overlap"] == 0.0
+    assert by_position.sentence_around("One. Two three. Four.", 7) == "Two three"

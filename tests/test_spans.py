@@ -188,8 +188,13 @@ def test_recall_needs_room_for_its_prompt_and_target(docs):
                 recall_target_len=20)  # spans of 30..50 tokens: most cannot hold 20..40 + 20
     tasks = [ds[i][0] for i in range(200)]
     assert set(tasks) == {"ae", "recall"} and tasks.count("ae") > 50
-    too_long = _spans(td, 10, lm_ratio=0.0, recall_ratio=1.0, recall_prompt_len=60)
+    # spans of <= 50 tokens: prompts of 30..60 tokens + 16 fit when short, 40..80 never
+    shortest_fits = _spans(td, 400, lm_ratio=0.0, recall_ratio=1.0, recall_prompt_len=60)
+    assert shortest_fits.objectives() == ["ae", "recall"]
+    assert "recall" in {shortest_fits[i][0] for i in range(400)}
+    too_long = _spans(td, 400, lm_ratio=0.0, recall_ratio=1.0, recall_prompt_len=80)
     assert too_long.objectives() == ["ae"]
+    assert {too_long[i][0] for i in range(400)} == {"ae"}
 
 
 def test_lm_and_recall_shares_together_at_most_one():

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from icae.models.objectives import MARKERS
+from icae.models.objectives import MARKERS_BEFORE_RECALL
 from icae.utils import atomic_directory, atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -291,14 +291,10 @@ def load_checkpoint(model, directory: str | Path, strict_base_name: bool = False
     return meta
 
 
-# The markers before [RECALL]: every checkpoint written before it has these rows.
-_FIRST_MARKERS = ("ae", "lm", "ft")
-
-
 def _fewer_markers(model, param, tensor) -> bool:
     """Whether ``tensor`` is an ``extra_embeddings`` of an older version: the same memory
     slots and the first markers, fewer than the model's."""
-    rows = int(getattr(model, "mem_size", 0)) + len(_FIRST_MARKERS)
+    rows = int(getattr(model, "mem_size", 0)) + len(MARKERS_BEFORE_RECALL)
     return (tensor.dim() == 2 and tensor.shape[1] == param.shape[1]
             and rows <= tensor.shape[0] < param.shape[0])
 
@@ -319,7 +315,7 @@ def trained_markers(meta: dict, directory: str | Path | None = None) -> frozense
     if meta.get("model_type") != "icae":
         return frozenset()
     if meta.get("stage") == "finetune":
-        return frozenset(_FIRST_MARKERS)
+        return frozenset(MARKERS_BEFORE_RECALL)
     ratio = 0.5
     if directory is not None and (Path(directory) / "config.yaml").is_file():
         import yaml

@@ -64,11 +64,7 @@ class ICAE(LoRAWrappedModel):
         embeddings (the first ``mem_size`` rows of ``extra_embeddings``, which share their
         tensor with the markers) get no gradient; the decoder adapter and the markers still
         train. Returns how many parameters stopped training."""
-        frozen, encoder = 0, f".{self.adapter_names[0]}."
-        for name, p in self.named_parameters():
-            if "lora_" in name and encoder in name and p.requires_grad:
-                p.requires_grad_(False)
-                frozen += p.numel()
+        frozen = self._freeze_adapter(self.adapter_names[0])
         self.memory_rows_frozen = True
         return frozen + self.mem_size * self.extra_embeddings.shape[1]
 
@@ -77,11 +73,13 @@ class ICAE(LoRAWrappedModel):
         the decoder adapter (``model.train_decoder``) stops training; the encoder adapter,
         the memory slots and the markers still train. Returns how many parameters stopped
         training (0 without a decoder adapter: the decoder is the frozen base already)."""
-        if self.decoder_adapter is None:
-            return 0
-        frozen, decoder = 0, f".{self.decoder_adapter}."
+        return 0 if self.decoder_adapter is None else self._freeze_adapter(self.decoder_adapter)
+
+    def _freeze_adapter(self, adapter: str) -> int:
+        """Stop training the LoRA weights of ``adapter``; how many parameters stopped."""
+        frozen, marker = 0, f".{adapter}."
         for name, p in self.named_parameters():
-            if "lora_" in name and decoder in name and p.requires_grad:
+            if "lora_" in name and marker in name and p.requires_grad:
                 p.requires_grad_(False)
                 frozen += p.numel()
         return frozen

@@ -1,8 +1,9 @@
 """The training objectives: autoencoding, language modelling (text continuation),
-fine-tuning and recall (continue the context from a place a prompt quotes). Each one's integer value is its task id (``EncodedPrompt.task``, the row of
-its marker among the learned marker embeddings), its lower-case name is its marker
-(``[AE]``, ``[LM]``, ``[FT]`` in templates) and it has its own loss columns
-(``ae_loss``, ``ae_loss_sum``, ``ae_tokens``, ...)."""
+fine-tuning and recall (continue the context from a place a prompt quotes). Each one's
+integer value is its task id (``EncodedPrompt.task``, the row of its marker among the
+learned marker embeddings), its lower-case name is its marker (``[AE]``, ``[LM]``,
+``[FT]``, ``[RECALL]`` in templates) and it has its own loss columns (``ae_loss``,
+``ae_loss_sum``, ``ae_tokens``, ...)."""
 
 from __future__ import annotations
 
@@ -43,3 +44,5 @@ class Objective(enum.IntEnum):
 
 # Marker names in task-id order.
 MARKERS: tuple[str, ...] = tuple(o.marker for o in Objective)
+# The markers of every checkpoint written before [RECALL] existed (its first rows).
+MARKERS_BEFORE_RECALL: tuple[str, ...] = MARKERS[:Objective.RECALL]

@@ -5,9 +5,10 @@ train.arrow``, memory-mapped: :class:`icae.data.prepared.TokenDocuments`).
 :class:`PretrainSpans` turns them into as many examples as the run needs: example ``i``
 belongs to pass ``p = i // D`` over the ``D`` documents, whose order is a seeded
 permutation per pass; its span (length in ``min_len * (1 +- len_jitter)``, offset) and its
-objective (autoencoding, language modelling or recall) are drawn from a generator seeded by ``(seed, p, document)``. So repeated passes
-never replay identical spans, and every example is a pure function of its index: a resumed
-run sees exactly the examples the interrupted one would have seen.
+objective (autoencoding, language modelling or recall) are drawn from a generator seeded
+by ``(seed, p, document)``. So repeated passes never replay identical spans, and every
+example is a pure function of its index: a resumed run sees exactly the examples the
+interrupted one would have seen.
 
 The dataset is read in index order (``ordered``; the shuffling is its own), so index ``i``
 is the ``i``-th example of training and the objective mix can follow the training clock:
@@ -49,6 +50,11 @@ def lm_share(index: int, pcfg: PretrainDataConfig) -> float:
 def recall_share(index: int, pcfg: PretrainDataConfig) -> float:
     """The probability that example ``index`` is recall."""
     return pcfg.recall_ratio * _schedule(index, pcfg)
+
+
+def shortest_recall_prompt(pcfg: PretrainDataConfig) -> int:
+    """Recall prompts are drawn from ``recall_prompt_len // 2 .. recall_prompt_len``."""
+    return max(1, pcfg.recall_prompt_len // 2)
 
 
 class Plan(NamedTuple):
@@ -111,8 +117,8 @@ class PretrainSpans(Dataset):
             return Plan("lm", doc, rng.randint(0, n_doc - span - target), span, target)
         start = rng.randint(0, n_doc - span)
         if lm <= u < lm + recall_share(index, pcfg):
-            longest, target = pcfg.recall_prompt_len, pcfg.recall_target_len
-            prompt_len = rng.randint(max(1, longest // 2), longest)
+            target = pcfg.recall_target_len
+            prompt_len = rng.randint(shortest_recall_prompt(pcfg), pcfg.recall_prompt_len)
             if span >= prompt_len + target:
                 return Plan("recall", doc, start, span, target,
                             rng.randint(0, span - prompt_len - target), prompt_len)
@@ -134,7 +140,7 @@ class PretrainSpans(Dataset):
     def objectives(self) -> list[str]:
         """The objectives some example of this dataset can have: AE always; LM when an
         index past the AE-only warm-up has a positive LM share and some document holds a
-        span plus its target; recall likewise when the longest span holds the longest
+        span plus its target; recall likewise when the longest span holds the shortest
         prompt plus its target."""
         pcfg = self.pcfg
         out = ["ae"]
@@ -144,7 +150,7 @@ class PretrainSpans(Dataset):
             if longest_doc >= self.lo + (pcfg.lm_target_len or self.lo):
                 out.append("lm")
         if last >= 0 and recall_share(last, pcfg) > 0:
-            if min(longest_doc, self.hi) >= pcfg.recall_prompt_len + pcfg.recall_target_len:
+            if min(longest_doc, self.hi) >= shortest_recall_prompt(pcfg) + pcfg.recall_target_len:
                 out.append("recall")
         return out
 
@@ -162,7 +168,7 @@ class PretrainSpans(Dataset):
             out.append(self.encode("lm", ctx, self.docs.slice(doc, self.lo, self.lo + target),
                                    []))
         if "recall" in objectives:
-            k, t = pcfg.recall_prompt_len, pcfg.recall_target_len
+            k, t = shortest_recall_prompt(pcfg), pcfg.recall_target_len
             span = self.docs.slice(doc, 0, max(self.lo, k + t))
             out.append(self.encode("recall", span, span[k:k + t], span[:k]))
         return out
